@@ -1,0 +1,37 @@
+# Two commands: `make demo` and `make test`. Each creates .venv when it is missing.
+PY      ?= python3
+VENV    := .venv
+BIN     := $(VENV)/bin
+DATA    ?= data
+SHARDS  ?= shards
+RUNS    ?= runs
+export HF_HUB_OFFLINE := 1
+
+.PHONY: demo test install bench clean
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+# The stamp re-installs when pyproject.toml changes.
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q -e '.[dev,dali]'
+	touch $@
+
+install: $(VENV)/.installed
+
+test: install
+	$(BIN)/python -m pytest
+
+$(DATA)/mnist/.done: | install
+	$(BIN)/python tools/fetch_mnist.py $(DATA)/mnist
+	touch $@
+
+$(SHARDS)/mnist.json: $(DATA)/mnist/.done
+	$(BIN)/python tools/make_shards.py mnist $(DATA)/mnist --out $(SHARDS) --name mnist --workers 2
+
+demo: install $(SHARDS)/mnist.json
+	$(BIN)/python tools/demo.py --shards $(SHARDS) --runs $(RUNS)
+
+clean:
+	rm -rf $(RUNS) $(SHARDS)

@@ -1,0 +1,61 @@
+"""The sample layout shared by the shard writer and both readers (design.md section 4).
+
+Each sample in a shard is a group of tar members sharing one key:
+  KEY.jpg | KEY.png   image bytes
+  KEY.cls             the given label, ASCII decimal (what stock webdataset users expect)
+  KEY.json            {"index": global int, "clean_label": int or -1, "source": str}
+  KEY.ids             the same three integers as fixed-width little-endian int64
+                      [label, index, clean_label]: DALI reads fixed-width bytes directly,
+                      where parsing ASCII or JSON inside a pipeline is awkward.
+"""
+import json
+import re
+
+import numpy as np
+
+IMAGE_EXTS = ("jpg", "png")
+IDS_DTYPE = np.dtype("<i8")
+_KEY_UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")
+
+
+def make_key(text: str) -> str:
+    """A tar-safe key from a source path: no dots (webdataset splits the extension at the
+    first dot), no slashes; 'images/0/00/x.jpg' -> 'images_0_00_x'."""
+    stem = text.rsplit(".", 1)[0] if "." in text.rsplit("/", 1)[-1] else text
+    return _KEY_UNSAFE.sub("_", stem).strip("_")
+
+
+def encode_sample(key: str, image: bytes, ext: str, label: int, index: int,
+                  clean_label: int, source: str = "") -> dict[str, bytes]:
+    """The tar members of one sample, in the order they are written."""
+    assert ext in IMAGE_EXTS and "." not in key
+    meta = {"index": int(index), "clean_label": int(clean_label), "source": source}
+    ids = np.array([label, index, clean_label], dtype=IDS_DTYPE).tobytes()
+    return {
+        f"{key}.{ext}": image,
+        f"{key}.cls": str(int(label)).encode(),
+        f"{key}.json": json.dumps(meta, sort_keys=True).encode(),
+        f"{key}.ids": ids,
+    }
+
+
+def parse_label(raw: bytes) -> int:
+    """The given label from a `cls` member; ValueError when it is not a decimal integer."""
+    text = raw.decode("ascii").strip()
+    if not text.lstrip("-").isdigit():
+        raise ValueError(f"cls is not an integer: {text[:20]!r}")
+    return int(text)
+
+
+def parse_meta(raw: bytes) -> tuple[int, int]:
+    """(index, clean_label) from a `json` member."""
+    meta = json.loads(raw)
+    return int(meta["index"]), int(meta.get("clean_label", -1))
+
+
+def image_member(sample: dict) -> tuple[str, bytes]:
+    """The (ext, bytes) of a sample's image; KeyError when it has none."""
+    for ext in IMAGE_EXTS:
+        if ext in sample:
+            return ext, sample[ext]
+    raise KeyError("no jpg or png member")

@@ -1,0 +1,113 @@
+"""Which shards to read: brace patterns, dataset cards, and the split over ranks and workers."""
+import json
+import random
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import braceexpand
+
+_ANGLE_RANGE = re.compile(r"<(\d+\.\.\d+)>")
+_SHARD_NAME = re.compile(r"^(?P<name>.+?)(-(?P<split>val|test))?-(?P<num>\d{3,})\.tar$")
+
+
+class DataError(ValueError):
+    """Bad data arguments: reported as one line with exit code 2."""
+
+
+def expand(specs: str | list[str]) -> list[str]:
+    """Shard URLs from brace patterns (`a-{000..009}.tar`), the first user's spelling
+    (`a-<000..009>.tar`), lists of either, or a folder holding one dataset card (its train
+    split). Local files must exist; `pipe:` and other URLs are passed through unchecked."""
+    specs = [specs] if isinstance(specs, str) else list(specs)
+    urls: list[str] = []
+    for spec in specs:
+        if Path(spec).is_dir():
+            card_path = _only_card(Path(spec))
+            urls += split_urls(read_card(card_path), card_path, "train")
+            continue
+        for url in braceexpand.braceexpand(_ANGLE_RANGE.sub(r"{\1}", spec)):
+            if _is_local(url) and not Path(url).exists():
+                raise DataError(f"shard not found: {url} (from {spec!r})")
+            urls.append(url)
+    if not urls:
+        raise DataError(f"no shards match {specs!r}")
+    return urls
+
+
+def _is_local(url: str) -> bool:
+    return ":" not in url.split("/", 1)[0] or url.startswith("file:")
+
+
+def _only_card(folder: Path) -> Path:
+    cards = sorted(p for p in folder.glob("*.json") if _looks_like_card(p))
+    if len(cards) != 1:
+        raise DataError(f"expected one dataset card in {folder}, found {len(cards)}")
+    return cards[0]
+
+
+def _looks_like_card(path: Path) -> bool:
+    try:
+        return "splits" in json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False
+
+
+def card_path_for(url: str) -> Path:
+    """The dataset card beside a shard: `dir/NAME-val-003.tar` -> `dir/NAME.json`."""
+    path = Path(url.removeprefix("file:"))
+    m = _SHARD_NAME.match(path.name)
+    if not m:
+        raise DataError(f"cannot find the dataset card for {url}: name is not NAME-NNN.tar")
+    return path.with_name(m.group("name") + ".json")
+
+
+def read_card(path: Path) -> dict:
+    try:
+        card = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise DataError(f"dataset card not found: {path}") from None
+    except ValueError as e:
+        raise DataError(f"dataset card {path} is not valid JSON: {e}") from None
+    if "splits" not in card or "classes" not in card:
+        raise DataError(f"dataset card {path} lacks 'splits' or 'classes'")
+    return card
+
+
+def split_urls(card: dict, card_path: Path, split: str) -> list[str]:
+    """The shard paths of one split of a card, resolved beside the card."""
+    if split not in card["splits"]:
+        raise DataError(f"dataset card {card_path} has no {split!r} split")
+    return [str(Path(card_path).parent / s["file"]) for s in card["splits"][split]["shards"]]
+
+
+def shard_counts(card: dict) -> dict[str, int]:
+    """Sample count per shard file name, over all splits."""
+    return {s["file"]: s["count"] for sp in card["splits"].values() for s in sp["shards"]}
+
+
+@dataclass(frozen=True)
+class Part:
+    """Who reads: this process's rank among `world`, for a given epoch."""
+    rank: int = 0
+    world: int = 1
+
+
+def epoch_order(urls: list[str], seed: int, epoch: int, shuffle: bool) -> list[str]:
+    """Shard order for an epoch: a function of (seed, epoch) only, the same on every rank."""
+    urls = list(urls)
+    if shuffle:
+        random.Random(f"{seed}-{epoch}").shuffle(urls)
+    return urls
+
+
+def for_rank(urls: list[str], part: Part) -> list[str]:
+    """Round-robin shards over ranks; with fewer shards than ranks this is an error at
+    start-up, never a hang (a rank with nothing to read would wait forever)."""
+    if len(urls) < part.world:
+        raise DataError(f"{len(urls)} shards cannot feed {part.world} ranks: write more, smaller shards")
+    return urls[part.rank::part.world]
+
+
+def for_worker(urls: list[str], worker: int, workers: int) -> list[str]:
+    return urls[worker::workers]
