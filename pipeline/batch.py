@@ -1,0 +1,30 @@
+"""The one batch type both decode backends yield, and its move to the device."""
+from dataclasses import dataclass, field
+
+import torch
+
+
+@dataclass
+class Batch:
+    images: torch.Tensor        # (B, C, H, W) uint8 on the host; float, normalized, on device
+    labels: torch.Tensor        # (B,) int64 given labels, after label noise
+    clean: torch.Tensor         # (B,) int64 clean labels, -1 where unknown
+    index: torch.Tensor         # (B,) int64 global sample index (the key of the noise table)
+    skipped: list = field(default_factory=list)   # [(shard, key, reason)] since the last batch
+
+    def __len__(self) -> int:
+        return self.labels.shape[0]
+
+
+def to_device(batch: Batch, device: torch.device, mean: tuple, std: tuple,
+              channels_last: bool = False) -> Batch:
+    """One non-blocking copy of uint8 (4x fewer bytes than float32), then normalize on the
+    device: the workers never touch floats."""
+    x = batch.images.to(device, non_blocking=True)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    m = torch.tensor(mean, device=device).view(1, -1, 1, 1) * 255
+    s = torch.tensor(std, device=device).view(1, -1, 1, 1) * 255
+    x = (x.float() - m) / s
+    move = lambda t: t.to(device, non_blocking=True)  # noqa: E731
+    return Batch(x, move(batch.labels), move(batch.clean), move(batch.index), batch.skipped)

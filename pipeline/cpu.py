@@ -1,0 +1,163 @@
+"""The CPU backend: tar shards -> samples -> decode + augment in DataLoader workers -> uint8
+batches. Each stage is a small generator, testable alone with `list(stage(iter([...])))`."""
+import random
+import tarfile
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+from webdataset.gopen import gopen
+
+from pipeline import augment, records
+from pipeline.shards import for_worker
+from pipeline.tario import iter_tar
+
+# What damaged data raises; anything else (TypeError, ...) is a bug and propagates.
+DATA_ERRORS = (OSError, ValueError, KeyError, EOFError, tarfile.TarError,
+               Image.DecompressionBombError, UnicodeDecodeError)
+
+
+@dataclass(frozen=True)
+class ReadSpec:
+    aug: augment.AugSpec
+    train: bool                 # train augmentation + shuffling, else eval transforms in order
+    batch_size: int
+    seed: int = 0
+    shuffle_buffer: int = 2000  # samples; mixes samples across the shards a worker reads
+
+
+def read_tars(urls, skips: list):
+    """Tar members -> sample dicts {"__key__", "__url__", ext: bytes}, grouped by key.
+    A cut-off tar ends its shard with a skip record saying how many samples it gave."""
+    for url in urls:
+        count = 0
+        try:
+            with gopen(url, "rb") as stream:
+                for sample in _group(iter_tar(stream), url, skips):
+                    count += 1
+                    yield sample
+        except DATA_ERRORS as e:
+            skips.append((url, "", f"unreadable or cut-off tar after {count} samples: {e}"))
+
+
+def _group(members, url, skips):
+    current, seen = None, set()
+    for name, data in members:
+        prefix, _, base = name.rpartition("/")
+        key, _, ext = base.partition(".")
+        key = f"{prefix}/{key}" if prefix else key
+        if current is None or key != current["__key__"]:
+            if current is not None:
+                yield current
+            current = None
+            if key in seen:
+                skips.append((url, key, "duplicate key"))
+                continue
+            seen.add(key)
+            current = {"__key__": key, "__url__": url}
+        if current is not None:
+            current[ext] = data
+    if current is not None:
+        yield current
+
+
+def parse(samples, skips: list, n_classes: int, keep: np.ndarray | None = None):
+    """Sample dicts -> (sample, label, index, clean) with label and metadata checked.
+    The subset filter (--max-train-samples) runs first, on the index alone: samples outside
+    it cost a header parse, not a label check or a decode."""
+    for s in samples:
+        try:
+            index, clean = records.parse_ids(s)
+            if keep is not None and not (index < len(keep) and keep[index]):
+                continue
+            label = records.parse_label(s["cls"])
+            if not 0 <= label < n_classes:
+                raise ValueError(f"label {label} outside [0, {n_classes})")
+            records.image_member(s)
+        except DATA_ERRORS as e:
+            skips.append((s["__url__"], s["__key__"], f"{type(e).__name__}: {e}"))
+            continue
+        yield s, label, index, clean
+
+
+def shuffle(items, bufsize: int, rng: random.Random):
+    """Reservoir-style shuffle buffer: memory bounded, deterministic for a given rng."""
+    buf = []
+    for item in items:
+        buf.append(item)
+        if len(buf) >= bufsize:
+            yield buf.pop(rng.randrange(len(buf)))
+    rng.shuffle(buf)
+    yield from buf
+
+
+def decode(items, spec: ReadSpec, skips: list, rng: random.Random):
+    """-> (uint8 HWC array, label, index, clean)."""
+    for s, label, index, clean in items:
+        data = records.image_member(s)[1]
+        try:
+            arr = (augment.train_image(data, spec.aug, rng) if spec.train
+                   else augment.eval_image(data, spec.aug))
+        except DATA_ERRORS as e:
+            skips.append((s["__url__"], s["__key__"], f"bad image: {type(e).__name__}: {e}"))
+            continue
+        yield arr, label, index, clean
+
+
+def batched(items, batch_size: int, skips: list):
+    """-> (images uint8 (B, C, H, W), labels, clean, index, skipped); the last batch may be
+    short. Skip records ride along with the next batch (or an empty one at the end)."""
+    buf = []
+    for item in items:
+        buf.append(item)
+        if len(buf) == batch_size:
+            yield _collate(buf, skips)
+            buf = []
+    if buf or skips:
+        yield _collate(buf, skips)
+
+
+def _collate(buf, skips):
+    taken = list(skips)
+    skips.clear()
+    if not buf:
+        e = torch.zeros(0, dtype=torch.int64)
+        return torch.zeros(0, 1, 1, 1, dtype=torch.uint8), e, e, e, taken
+    arrs, labels, index, clean = zip(*buf)
+    images = torch.from_numpy(np.stack(arrs)).permute(0, 3, 1, 2).contiguous()
+    t = lambda v: torch.tensor(v, dtype=torch.int64)  # noqa: E731
+    return images, t(labels), t(clean), t(index), taken
+
+
+class ShardStream(IterableDataset):
+    """One epoch over this rank's shards; each DataLoader worker takes every W-th shard.
+    Randomness is a function of (seed, epoch, rank, worker) only."""
+
+    def __init__(self, urls, spec: ReadSpec, n_classes: int, epoch: int, rank: int = 0,
+                 keep: np.ndarray | None = None):
+        self.urls, self.spec, self.n_classes = urls, spec, n_classes
+        self.epoch, self.rank, self.keep = epoch, rank, keep
+
+    def __iter__(self):
+        info = get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info else (0, 1)
+        rng = random.Random(f"{self.spec.seed}-{self.epoch}-{self.rank}-{worker}")
+        skips: list = []
+        items = read_tars(for_worker(self.urls, worker, workers), skips)
+        items = parse(items, skips, self.n_classes, self.keep)
+        if self.spec.train:
+            items = shuffle(items, self.spec.shuffle_buffer, rng)
+        items = decode(items, self.spec, skips, rng)
+        yield from batched(items, self.spec.batch_size, skips)
+
+
+def cpu_batches(urls, spec: ReadSpec, n_classes: int, epoch: int, workers: int, rank: int = 0,
+                keep=None):
+    """Iterate (images, labels, clean, index, skipped) tuples for one epoch."""
+    ds = ShardStream(urls, spec, n_classes, epoch, rank, keep)
+    loader = DataLoader(ds, batch_size=None, num_workers=workers,
+                        pin_memory=torch.cuda.is_available(),
+                        prefetch_factor=4 if workers else None)
+    yield from loader

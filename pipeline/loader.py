@@ -1,0 +1,98 @@
+"""From flags to batches: resolve the shards and the card, then yield one split's `Batch`es
+for an epoch with label noise applied, whatever the decode backend. The training loop only
+ever sees `loader(epoch)`."""
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+
+
+from pipeline import shards
+from pipeline.augment import AugSpec, spec_from_card
+from pipeline.batch import Batch
+from pipeline.cpu import ReadSpec, cpu_batches
+from pipeline.noise import NoiseTable, parse_noise, transition_matrix
+from pipeline.shards import DataError, Part
+
+
+@dataclass
+class Dataset:
+    card: dict
+    card_path: Path
+    urls: dict[str, list[str]]          # split -> shard urls
+
+    @property
+    def classes(self) -> list[str]:
+        return self.card["classes"]
+
+
+def resolve(train, val=None, test=None) -> Dataset:
+    """Shards of each split; val/test default to the card's other splits."""
+    train_urls = shards.expand(train)
+    card_path = (shards._only_card(Path(train[0])) if Path(train[0]).is_dir()
+                 else shards.card_path_for(train_urls[0]))
+    card = shards.read_card(card_path)
+    urls = {"train": train_urls}
+    for split, given in (("val", val), ("test", test)):
+        if given:
+            urls[split] = shards.expand(given)
+        elif split in card["splits"]:
+            urls[split] = shards.split_urls(card, card_path, split)
+    return Dataset(card, card_path, urls)
+
+
+def subset_mask(ds: Dataset, n: int, seed: int) -> np.ndarray | None:
+    """A seeded choice of n train samples (by global index, from the manifest), so the same
+    subset is read by every backend, rank and resume."""
+    if not n:
+        return None
+    manifest = ds.card_path.with_suffix(".parquet")
+    t = pq.read_table(manifest, columns=["split", "index"]).to_pydict()
+    train_idx = np.array([i for s, i in zip(t["split"], t["index"]) if s == "train"])
+    if n > len(train_idx):
+        raise DataError(f"--max-train-samples {n} exceeds the {len(train_idx)} train samples")
+    keep = np.zeros(ds.card["num_indices"], dtype=bool)
+    keep[np.random.default_rng(seed).choice(train_idx, n, replace=False)] = True
+    return keep
+
+
+def noise_table(ds: Dataset, noise: str, pairs: str, seed: int) -> NoiseTable:
+    spec = parse_noise(noise)
+    return NoiseTable(transition_matrix(spec, ds.classes, pairs), ds.card["num_indices"], seed)
+
+
+class Loader:
+    """Batches of one split for one epoch. Noise goes on train and val, never on test."""
+
+    def __init__(self, urls: list[str], spec: ReadSpec, n_classes: int, *, workers: int,
+                 noise: NoiseTable | None, keep: np.ndarray | None = None, part: Part = Part(),
+                 backend: str = "cpu"):
+        self.urls, self.spec, self.n_classes, self.workers = urls, spec, n_classes, workers
+        self.noise, self.keep, self.part, self.backend = noise, keep, part, backend
+
+    def __call__(self, epoch: int):
+        order = shards.epoch_order(self.urls, self.spec.seed, epoch, shuffle=self.spec.train)
+        mine = shards.for_rank(order, self.part)
+        if self.backend == "dali":
+            from pipeline.dali import dali_batches
+            source = dali_batches(mine, self.spec, self.n_classes, epoch, self.workers, self.part.rank, self.keep)
+        else:
+            source = cpu_batches(mine, self.spec, self.n_classes, epoch, self.workers, self.part.rank, self.keep)
+        for images, labels, clean, index, skipped in source:
+            given = self.noise.apply(labels, index) if self.noise is not None else labels
+            yield Batch(images, given, clean, index, skipped)
+
+
+def build_loaders(ds: Dataset, aug: AugSpec, *, batch_size: int, workers: int, seed: int,
+                  noise: NoiseTable, keep, part: Part = Part(), backend: str = "cpu") -> dict[str, Loader]:
+    loaders = {}
+    for split, urls in ds.urls.items():
+        train = split == "train"
+        spec = ReadSpec(aug, train=train, batch_size=batch_size, seed=seed)
+        loaders[split] = Loader(urls, spec, len(ds.classes), workers=workers,
+                                noise=None if split == "test" else noise,
+                                keep=keep if train else None, part=part, backend=backend)
+    return loaders
+
+

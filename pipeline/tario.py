@@ -1,0 +1,56 @@
+"""A minimal streaming tar reader. Python's tarfile costs ~50 us per member (it builds a
+TarInfo with every field); a shard of small images has four members per sample, so that
+alone capped MNIST reading at ~5k samples/s per core. This reads only what a shard reader
+needs (name, size, type) from the 512-byte headers: ustar, GNU long names and pax paths."""
+BLOCK = 512
+
+
+def _octal(field: bytes) -> int:
+    if field[:1] == b"\x80":                      # GNU base-256 for sizes >= 8 GiB
+        return int.from_bytes(field[1:], "big")
+    text = field.rstrip(b"\0 ").strip()
+    return int(text, 8) if text else 0
+
+
+def _read(stream, n: int) -> bytes:
+    data = stream.read(n)
+    if len(data) != n:
+        raise EOFError(f"tar cut off: wanted {n} bytes, got {len(data)}")
+    return data
+
+
+def _pax_path(data: bytes) -> str | None:
+    for rec in data.decode("utf-8", "replace").split("\n"):
+        _, _, kv = rec.partition(" ")
+        k, _, v = kv.partition("=")
+        if k == "path":
+            return v
+    return None
+
+
+def iter_tar(stream):
+    """Yield (name, data) for every regular file in a tar stream. Raises EOFError when the
+    stream ends inside a member, ValueError on a header that is not tar."""
+    long_name = None
+    while True:
+        header = stream.read(BLOCK)
+        if len(header) < BLOCK or header == b"\0" * BLOCK:
+            if header and header.strip(b"\0"):
+                raise EOFError("tar cut off inside a header")
+            return
+        if _octal(header[148:156]) != sum(header[:148]) + 256 + sum(header[156:]):
+            raise ValueError("bad tar header checksum")
+        size, kind = _octal(header[124:136]), header[156:157]
+        padded = (size + BLOCK - 1) // BLOCK * BLOCK
+        body = _read(stream, padded)[:size]
+        if kind in (b"L", b"x"):                  # the next member's long name
+            long_name = body.rstrip(b"\0").decode() if kind == b"L" else _pax_path(body)
+            continue
+        if kind in (b"0", b"\0", b"7"):
+            name = long_name
+            if name is None:
+                name = header[:100].rstrip(b"\0").decode()
+                prefix = header[345:500].rstrip(b"\0").decode() if header[257:262] == b"ustar" else ""
+                name = f"{prefix}/{name}" if prefix else name
+            yield name, body
+        long_name = None

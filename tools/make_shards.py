@@ -1,0 +1,184 @@
+"""Convert a dataset into WebDataset tar shards, a dataset card and a Parquet manifest.
+
+    python tools/make_shards.py FORMAT SOURCE --out DIR [--name NAME] [--shard-size N]
+        [--resize SHORTER] [--quality Q] [--val-fraction F] [--workers K] [--seed S]
+
+FORMAT: mnist | clothing1m | imagefolder | table. Output (design.md section 4):
+NAME-000.tar ... (train), NAME-val-000.tar, NAME-test-000.tar, an `.idx` beside each tar,
+NAME.json (the card) and NAME.parquet (one row per sample). Samples are assigned to shards
+before any work starts, so the output is byte-identical for any --workers."""
+import argparse
+import io
+import json
+import os
+import sys
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from PIL import Image
+from tqdm import tqdm
+
+from pipeline.records import encode_sample
+from pipeline.shards import DataError
+from pipeline.writer import write_tar
+from tools import shard_sources
+
+FORMATS = ("mnist", "clothing1m", "imagefolder", "table")
+
+
+def encode_image(source, resize: int, quality: int) -> tuple[bytes, str]:
+    """-> (bytes, ext). Pixels become lossless PNG; files keep their bytes when they are
+    JPEG or PNG and no resize is asked, else they are re-encoded (never upscaled)."""
+    if isinstance(source, np.ndarray):
+        buf = io.BytesIO()
+        Image.fromarray(source).save(buf, format="PNG")
+        return buf.getvalue(), "png"
+    data = Path(source).read_bytes()
+    img = Image.open(io.BytesIO(data))
+    fmt = img.format
+    if resize and min(img.size) > resize:
+        img.draft("RGB", (img.size[0] * resize // min(img.size), img.size[1] * resize // min(img.size)))
+        img = img.convert("RGB")
+        s = resize / min(img.size)
+        img = img.resize((max(resize, round(img.size[0] * s)), max(resize, round(img.size[1] * s))), Image.BICUBIC)
+        buf = io.BytesIO()
+        img.save(buf, format="JPEG", quality=quality)
+        return buf.getvalue(), "jpg"
+    img.draft(img.mode, (64, 64))  # cheap full-file check: the decoder must reach the end
+    img.load()
+    if fmt in ("JPEG", "PNG"):
+        return data, "jpg" if fmt == "JPEG" else "png"
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue(), "png"
+
+
+def write_shard(job: dict) -> dict:
+    """One shard: encode every record, skip the unreadable, write atomically."""
+    samples, rows, skipped = [], [], []
+    for key, label, clean, index, source in job["records"]:
+        try:
+            data, ext = encode_image(source, job["resize"], job["quality"])
+        except (OSError, ValueError, Image.DecompressionBombError) as e:
+            skipped.append({"key": key, "source": str(source), "reason": f"{type(e).__name__}: {e}"})
+            continue
+        src = "" if isinstance(source, np.ndarray) else str(source)
+        samples.append(encode_sample(key, data, ext, label, index, clean, src))
+        rows.append({"key": key, "split": job["split"], "shard": job["file"], "index": index,
+                     "label": label, "clean_label": clean, "source": src})
+    write_tar(Path(job["out"]) / job["file"], samples)
+    return {"file": job["file"], "split": job["split"], "count": len(samples), "rows": rows, "skipped": skipped}
+
+
+def plan(src: shard_sources.Source, args) -> list[dict]:
+    """Global indices (train, then val, then test) and the shard each record goes to."""
+    jobs, index = [], 0
+    for split in shard_sources.SPLITS:
+        recs = src.splits.get(split, [])
+        prefix = args.name if split == "train" else f"{args.name}-{split}"
+        for start in range(0, len(recs), args.shard_size):
+            chunk = recs[start:start + args.shard_size]
+            jobs.append({"split": split, "file": f"{prefix}-{start // args.shard_size:03d}.tar",
+                         "out": str(args.out), "resize": args.resize, "quality": args.quality,
+                         "records": [(k, y, c, index + i, s) for i, (k, y, c, s) in enumerate(chunk)]})
+            index += len(chunk)
+    return jobs
+
+
+def run_jobs(jobs: list[dict], workers: int) -> list[dict]:
+    bar = tqdm(total=sum(len(j["records"]) for j in jobs), unit="img", desc="shards", disable=None)
+    results = []
+    pool = ProcessPoolExecutor(workers) if workers > 1 else None
+    for res in (pool.map(write_shard, jobs) if pool else map(write_shard, jobs)):
+        results.append(res)
+        bar.update(res["count"] + len(res["skipped"]))
+    if pool:
+        pool.shutdown()
+    bar.close()
+    return results
+
+
+def write_outputs(src, results: list[dict], args) -> dict:
+    splits = {}
+    for r in results:
+        sp = splits.setdefault(r["split"], {"shards": [], "count": 0})
+        sp["shards"].append({"file": r["file"], "count": r["count"]})
+        sp["count"] += r["count"]
+    skipped = [s for r in results for s in r["skipped"]]
+    card = {"name": args.name, "format": args.format, "classes": src.classes, "channels": src.channels,
+            "augment": src.augment, "normalize": src.normalize, "splits": splits,
+            "num_indices": sum(len(v) for v in src.splits.values()),
+            "skipped": skipped, "options": {k: str(v) for k, v in sorted(vars(args).items())}}
+    rows = [row for r in results for row in r["rows"]]
+    table = pa.Table.from_pylist(rows, schema=pa.schema([
+        ("key", pa.string()), ("split", pa.string()), ("shard", pa.string()), ("index", pa.int64()),
+        ("label", pa.int64()), ("clean_label", pa.int64()), ("source", pa.string())]))
+    tmp = args.out / f"{args.name}.parquet.tmp"
+    pq.write_table(table, tmp)
+    os.replace(tmp, args.out / f"{args.name}.parquet")
+    tmp = args.out / f"{args.name}.json.tmp"
+    tmp.write_text(json.dumps(card, indent=1) + "\n")
+    os.replace(tmp, args.out / f"{args.name}.json")   # the card last: it marks the set complete
+    return card
+
+
+def load_source(args) -> shard_sources.Source:
+    if not args.source.exists():
+        raise DataError(f"source not found: {args.source}")
+    val = args.val_fraction if args.val_fraction is not None else (0.2 if args.format == "mnist" else 0.0)
+    if args.format == "table":
+        classes = args.classes.split(",") if args.classes else None
+        src = shard_sources.table(args.source, val, args.seed, classes)
+    else:
+        src = getattr(shard_sources, args.format)(args.source, val, args.seed)
+    shard_sources.check_unique_keys(src)
+    return src
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("format", choices=FORMATS)
+    p.add_argument("source", type=Path, help="MNIST idx folder, Clothing1M root, image folder or table file")
+    p.add_argument("--out", type=Path, required=True, help="output folder")
+    p.add_argument("--name", default=None, help="dataset name (default: the format)")
+    p.add_argument("--shard-size", type=int, default=5000, help="samples per shard")
+    p.add_argument("--resize", type=int, default=0, help="store the shorter side at this size (JPEG; never upscales)")
+    p.add_argument("--quality", type=int, default=90, help="JPEG quality when re-encoding")
+    p.add_argument("--val-fraction", type=float, default=None, help="carve val from train when the source has none (mnist: 0.2)")
+    p.add_argument("--classes", default="", help="table: comma-separated class names (label ids index into them)")
+    p.add_argument("--workers", type=int, default=1, help="parallel processes")
+    p.add_argument("--seed", type=int, default=0, help="seed of the train/val split")
+    args = p.parse_args(argv)
+    args.name = args.name or args.format
+    for flag, v, lo in (("--shard-size", args.shard_size, 1), ("--workers", args.workers, 1), ("--quality", args.quality, 1)):
+        if v < lo:
+            p.error(f"{flag} must be >= {lo}")
+    if args.val_fraction is not None and not 0 <= args.val_fraction < 1:
+        p.error("--val-fraction must lie in [0, 1)")
+    if "." in args.name or "/" in args.name:
+        p.error("--name must not contain '.' or '/'")
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    try:
+        src = load_source(args)
+        args.out.mkdir(parents=True, exist_ok=True)
+        results = run_jobs(plan(src, args), args.workers)
+        card = write_outputs(src, results, args)
+    except (DataError, OSError) as e:
+        print(f"make_shards: error: {e}", file=sys.stderr)
+        return 2
+    counts = ", ".join(f"{k} {v['count']}" for k, v in card["splits"].items())
+    print(f"wrote {args.out}/{args.name}.json: {counts}; skipped {len(card['skipped'])}")
+    for s in card["skipped"][:10]:
+        print(f"  skipped {s['source']}: {s['reason']}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,162 @@
+"""Dataset layouts -> lists of records per split, for tools/make_shards.py.
+
+A record is (key, label, clean_label, source) where source is a file path or, for MNIST,
+a uint8 pixel array. Every layout returns the same thing, so the writer never branches."""
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.records import make_key
+from pipeline.shards import DataError
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+SPLITS = ("train", "val", "test")
+
+
+@dataclass
+class Source:
+    classes: list[str]
+    splits: dict[str, list[tuple]]                  # split -> [(key, label, clean, source)]
+    augment: dict = field(default_factory=dict)     # the training recipe, written to the card
+    channels: int = 3
+    normalize: dict = field(default_factory=lambda: {"mean": [0.485, 0.456, 0.406],
+                                                     "std": [0.229, 0.224, 0.225]})
+
+
+def carve_val(records: list[tuple], fraction: float, seed: int) -> tuple[list, list]:
+    """A seeded (train, val) partition; order inside each part is kept."""
+    n_val = round(len(records) * fraction)
+    chosen = set(random.Random(seed).sample(range(len(records)), n_val))
+    return ([r for i, r in enumerate(records) if i not in chosen],
+            [r for i, r in enumerate(records) if i in chosen])
+
+
+def mnist(root: Path, val_fraction: float, seed: int) -> Source:
+    from tools.fetch_mnist import load_mnist
+    try:
+        d = load_mnist(root)
+    except (OSError, ValueError) as e:
+        raise DataError(f"mnist source {root}: {e} (run tools/fetch_mnist.py DIR first)") from None
+    train = [(f"mnist_train_{i:05d}", int(y), int(y), x) for i, (x, y)
+             in enumerate(zip(d["train_images"], d["train_labels"]))]
+    test = [(f"mnist_test_{i:05d}", int(y), int(y), x) for i, (x, y)
+            in enumerate(zip(d["test_images"], d["test_labels"]))]
+    train, val = carve_val(train, val_fraction, seed)
+    return Source([str(i) for i in range(10)], {"train": train, "val": val, "test": test},
+                  augment={"size": 28, "crop": "none", "flip": False}, channels=1,
+                  normalize={"mean": [0.1307], "std": [0.3081]})
+
+
+def _find_txt(root: Path, name: str) -> Path:
+    for p in (root / name, root / "annotations" / name):
+        if p.exists():
+            return p
+    raise DataError(f"clothing1m source {root}: {name} not found at the root or under annotations/")
+
+
+def _kv(path: Path) -> dict[str, int]:
+    out = {}
+    for line in path.read_text().split("\n"):
+        if line.strip():
+            k, v = line.split()
+            out[k] = int(v)
+    return out
+
+
+def clothing1m(root: Path, val_fraction: float, seed: int) -> Source:
+    """Noisy train (given = noisy label, clean label where the clean list has the key),
+    clean val, clean test. Recipe: shorter side 256, random 224 crop, flip."""
+    classes = [ln.strip() for ln in _find_txt(root, "category_names_eng.txt").read_text().split("\n") if ln.strip()]
+    noisy, clean = _kv(_find_txt(root, "noisy_label_kv.txt")), _kv(_find_txt(root, "clean_label_kv.txt"))
+    keys = lambda n: [ln.strip() for ln in _find_txt(root, n).read_text().split("\n") if ln.strip()]  # noqa: E731
+
+    def records(names, labels, use_clean):
+        out = []
+        for rel in names:
+            if rel not in labels:
+                raise DataError(f"clothing1m: {rel} has no label in its kv file")
+            label = labels[rel]
+            c = label if use_clean else clean.get(rel, -1)
+            out.append((make_key(rel), label, c, str(root / rel)))
+        return out
+    splits = {"train": records(keys("noisy_train_key_list.txt"), noisy, False),
+              "val": records(keys("clean_val_key_list.txt"), clean, True),
+              "test": records(keys("clean_test_key_list.txt"), clean, True)}
+    return Source(classes, splits, augment={"size": 224, "resize": 256, "crop": "random", "flip": True})
+
+
+def _images(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+
+
+def imagefolder(root: Path, val_fraction: float, seed: int) -> Source:
+    """root/CLASS/*.jpg, or root/{train,val,test}/CLASS/*.jpg."""
+    split_dirs = {s: root / s for s in SPLITS if (root / s).is_dir()}
+    if not split_dirs:
+        split_dirs = {"train": root}
+    classes = sorted(p.name for p in split_dirs.get("train", next(iter(split_dirs.values()))).iterdir() if p.is_dir())
+    if not classes:
+        raise DataError(f"imagefolder source {root}: no class folders")
+    index = {c: i for i, c in enumerate(classes)}
+    splits = {}
+    for split, folder in split_dirs.items():
+        recs = []
+        for cdir in sorted(p for p in folder.iterdir() if p.is_dir()):
+            if cdir.name not in index:
+                raise DataError(f"imagefolder: class {cdir.name!r} in {split}/ is not among train's classes")
+            for img in _images(cdir):
+                rel = img.relative_to(root).as_posix()
+                recs.append((make_key(rel), index[cdir.name], index[cdir.name], str(img)))
+        splits[split] = recs
+    if "val" not in splits and val_fraction > 0:
+        splits["train"], splits["val"] = carve_val(splits["train"], val_fraction, seed)
+    return Source(classes, splits, augment={"size": 224, "crop": "random_resized", "flip": True})
+
+
+def table(path: Path, val_fraction: float, seed: int, classes: list[str] | None = None) -> Source:
+    """A Parquet or CSV table: path, label[, clean_label][, split]. Labels are class names or
+    integers; paths are relative to the table's folder unless absolute."""
+    import pyarrow.csv
+    import pyarrow.parquet
+    t = pyarrow.parquet.read_table(path) if path.suffix == ".parquet" else pyarrow.csv.read_csv(path)
+    cols = t.to_pydict()
+    for need in ("path", "label"):
+        if need not in cols:
+            raise DataError(f"table {path}: missing column {need!r} (has {sorted(cols)})")
+    labels = [str(v) for v in cols["label"]]
+    if classes is None:
+        ints = all(v.lstrip("-").isdigit() for v in labels)
+        classes = [str(i) for i in range(max(map(int, labels)) + 1)] if ints else sorted(set(labels))
+    index = {c: i for i, c in enumerate(classes)}
+
+    def to_id(v, row):
+        if v not in index:
+            raise DataError(f"table {path}: row {row} label {v!r} is outside the class set")
+        return index[v]
+    n = len(labels)
+    clean = [str(v) if v is not None else "-1" for v in cols.get("clean_label", ["-1"] * n)]
+    split = [str(v) for v in cols.get("split", ["train"] * n)]
+    splits: dict[str, list] = {}
+    for i in range(n):
+        if split[i] not in SPLITS:
+            raise DataError(f"table {path}: row {i} split {split[i]!r} is not one of {SPLITS}")
+        p = Path(cols["path"][i])
+        p = p if p.is_absolute() else path.parent / p
+        c = -1 if clean[i] == "-1" else to_id(clean[i], i)
+        splits.setdefault(split[i], []).append((make_key(cols["path"][i]), to_id(labels[i], i), c, str(p)))
+    if "val" not in splits and val_fraction > 0 and "train" in splits:
+        splits["train"], splits["val"] = carve_val(splits["train"], val_fraction, seed)
+    return Source(classes, splits, augment={"size": 224, "crop": "random_resized", "flip": True})
+
+
+def check_unique_keys(src: Source) -> None:
+    seen: set[str] = set()
+    for recs in src.splits.values():
+        for key, *_ in recs:
+            if key in seen:
+                raise DataError(f"duplicate key {key!r}: two source images map to the same sample key")
+            seen.add(key)
+
+

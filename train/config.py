@@ -1,0 +1,104 @@
+"""One typed config: every flag, its default, unit and reason in one place. The resolved
+config is written to OUT/config.json and into every checkpoint."""
+import argparse
+import dataclasses
+import json
+from dataclasses import dataclass, field
+
+
+class ConfigError(ValueError):
+    """A bad flag: one line on stderr, exit code 2."""
+
+
+def opt(default, help: str, **kw):
+    return field(default=default, metadata={"help": help, **kw})
+
+
+@dataclass
+class Config:
+    # data
+    data: list = opt(None, "train shards: brace pattern(s) like 'shards/mnist-{000..009}.tar', or a folder with a card", nargs="+")
+    val_data: list = opt(None, "validation shards (default: the card's val split)", nargs="+")
+    test_data: list = opt(None, "test shards (default: the card's test split)", nargs="+")
+    backend: str = opt("cpu", "JPEG/PNG decoding: cpu workers, dali, or auto (DALI on a GPU when present)", choices=["cpu", "dali", "auto"])
+    workers: int = opt(2, "decode worker processes per rank")
+    image_size: int = opt(0, "crop side in pixels (0: the dataset card's recipe)")
+    max_train_samples: int = opt(0, "a seeded subset of the train split of this size (0: all)")
+    noise: str = opt("none", "label noise on train and val: none | uniform:P | pair:P | matrix:FILE")
+    noise_pairs: str = opt("", "pair noise as SRC>DST,... class names (default: CIFAR-10's pairs)")
+    noise_seed: int = opt(0, "seed of the noise table (label = f(clean label, index, seed))")
+    # model
+    model: str = opt("resnet50", "classifier: any timm model name, mnist_cnn or cifar_resnet34")
+    pretrained: str = opt("", "local timm weights file for the backbone(s); the head is new")
+    channels_last: bool = opt(True, "NHWC memory format (faster convolutions on GPU and AMX CPUs)", action=argparse.BooleanOptionalAction)
+    # objective
+    method: str = opt("ce", "objective", choices=["ce", "limit", "mae", "gce", "fw", "dmi"])
+    predictor: str = opt("network", "LIMIT predictor: a second backbone, or a head on the classifier's detached features", choices=["network", "head"])
+    predictor_model: str = opt("", "LIMIT predictor backbone (default: the classifier's)")
+    predictor_loss: str = opt("mae", "LIMIT predictor distance: mse (LIMIT_G) or mae (LIMIT_L)", choices=["mse", "mae"])
+    beta: float = opt(10.0, "LIMIT penalty on ||mu||^2 (measured best on MNIST 80%% noise; see README)")
+    sample: bool = opt(False, "LIMIT +S: add noise to the predicted gradient", action=argparse.BooleanOptionalAction)
+    sample_dist: str = opt("gaussian", "+S noise distribution", choices=["gaussian", "laplace"])
+    sigma: float = opt(0.1, "+S noise standard deviation per logit")
+    gce_q: float = opt(0.7, "GCE exponent q")
+    transition: str = opt("", "FW: KxK transition matrix file (default: estimated from --init-from's predictions)")
+    init_from: str = opt("", "run folder or checkpoint of a CE run (+init)")
+    init_target: str = opt("predictor", "what --init-from initializes", choices=["predictor", "classifier", "both"])
+    # optimization
+    epochs: int = opt(10, "passes over the train split")
+    batch_size: int = opt(256, "samples per step per process")
+    optimizer: str = opt("adam", "optimizer", choices=["adam", "sgd"])
+    lr: float = opt(1e-3, "peak learning rate")
+    momentum: float = opt(0.9, "SGD momentum")
+    weight_decay: float = opt(0.0, "decoupled (AdamW) or L2 (SGD) weight decay")
+    sched: str = opt("const", "learning-rate schedule over steps", choices=["const", "cosine"])
+    warmup_epochs: float = opt(0.0, "linear warm-up length in epochs")
+    clip_grad: float = opt(0.0, "clip the global gradient norm (0: off)")
+    mixed_precision: str = opt("", "no | bf16 | fp16 (default: accelerate launch's setting)", choices=["", "no", "bf16", "fp16"])
+    # run
+    out: str = opt("runs/run", "run folder: config.json, metrics.jsonl, final.json, checkpoints/")
+    seed: int = opt(0, "seed of weights, augmentation, shuffling and the train subset")
+    resume: str = opt("", "resume from a checkpoint folder, or 'auto' for OUT/checkpoints/last")
+    log_with: str = opt("", "accelerate tracker, e.g. tensorboard (nothing is contacted unless asked)")
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=1, sort_keys=True)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description="Train a classifier on noisy labels with LIMIT or a baseline.",
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    for f in dataclasses.fields(Config):
+        meta = dict(f.metadata)
+        kw = {"default": f.default, "help": meta.pop("help")}
+        kw.update(meta)
+        if "action" not in meta and "nargs" not in meta:
+            kw["type"] = f.type if f.type in (int, float, str) else str
+        p.add_argument("--" + f.name.replace("_", "-"), **kw)
+    return p
+
+
+POSITIVE = ("epochs", "batch_size", "lr")
+NON_NEGATIVE = ("workers", "image_size", "max_train_samples", "beta", "sigma", "weight_decay",
+                "warmup_epochs", "clip_grad")
+
+
+def validate(cfg: Config) -> Config:
+    for name in POSITIVE:
+        if not getattr(cfg, name) > 0:
+            raise ConfigError(f"--{name.replace('_', '-')} must be > 0, got {getattr(cfg, name)}")
+    for name in NON_NEGATIVE:
+        if getattr(cfg, name) < 0:
+            raise ConfigError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(cfg, name)}")
+    if not cfg.data:
+        raise ConfigError("--data is required: train shards as a brace pattern or a folder")
+    if not 0 < cfg.gce_q <= 1:
+        raise ConfigError(f"--gce-q must lie in (0, 1], got {cfg.gce_q}")
+    if cfg.method in ("fw", "dmi") and not cfg.init_from:
+        raise ConfigError(f"--method {cfg.method} fine-tunes a CE model: pass --init-from RUN")
+    return cfg
+
+
+def parse(argv=None) -> Config:
+    args = build_parser().parse_args(argv)
+    return validate(Config(**vars(args)))
