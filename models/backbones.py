@@ -95,18 +95,16 @@ class CifarResNet(ResNet):
             info['reduction'] = max(1, info['reduction'] // 4)
 
 
-def _cfg(**kwargs):
-    return dict(url='', num_classes=10, crop_pct=1.0, interpolation='bilinear', **kwargs)
-
-
+# No url/hf_hub_id: these have no published weights, so timm never looks anything up for them.
+# num_classes and input_size[0] become create_model's defaults (10 classes; 1 channel for MNIST).
+_CFG = dict(url='', num_classes=10, crop_pct=1.0, interpolation='bilinear', classifier='fc')
+_MNIST = dict(_CFG, input_size=(1, 28, 28), mean=(0.1307,), std=(0.3081,), first_conv='features.0')
 # must exist before the @register_model calls: register_model reads the module's default_cfgs
 default_cfgs = generate_default_cfgs({
-    'mnist_cnn': _cfg(input_size=(1, 28, 28), mean=(0.1307,), std=(0.3081,),
-                      first_conv='features.0', classifier='fc'),
-    'mnist_cnn_bn': _cfg(input_size=(1, 28, 28), mean=(0.1307,), std=(0.3081,),
-                         first_conv='features.0', classifier='fc'),
-    'cifar_resnet34': _cfg(input_size=(3, 32, 32), pool_size=(4, 4), mean=(0.4914, 0.4822, 0.4465),
-                           std=(0.2470, 0.2435, 0.2616), first_conv='conv1', classifier='fc'),
+    'mnist_cnn': _MNIST,
+    'mnist_cnn_bn': _MNIST,
+    'cifar_resnet34': dict(_CFG, input_size=(3, 32, 32), pool_size=(4, 4), first_conv='conv1',
+                           mean=(0.4914, 0.4822, 0.4465), std=(0.2470, 0.2435, 0.2616)),
 })
 
 
@@ -118,7 +116,7 @@ def mnist_cnn(pretrained: bool = False, **kwargs) -> MnistCNN:
 
 @register_model
 def mnist_cnn_bn(pretrained: bool = False, **kwargs) -> MnistCNN:
-    """Paper Table 3 MNIST CNN with BatchNorm1d after fc128 (the paper's predictor variant)."""
+    """Paper Table 3 MNIST CNN with BatchNorm1d after fc128 (design.md uses it for the predictor)."""
     return build_model_with_cfg(MnistCNN, 'mnist_cnn_bn', pretrained, **dict(kwargs, fc_bn=True))
 
 
@@ -129,9 +127,9 @@ def cifar_resnet34(pretrained: bool = False, **kwargs) -> CifarResNet:
     return build_model_with_cfg(CifarResNet, 'cifar_resnet34', pretrained, **dict(args, **kwargs))
 
 
-def _one_line(e: BaseException) -> str:
-    text = ' '.join(str(e).split())
-    return text[:300] or type(e).__name__
+def _one_line(e) -> str:
+    text = ' '.join(str(e).split())[:300]
+    return text if isinstance(e, str) else f"{type(e).__name__}: {text}"
 
 
 def _read_state_dict(path) -> dict[str, torch.Tensor]:
@@ -151,6 +149,7 @@ def _read_state_dict(path) -> dict[str, torch.Tensor]:
     except pickle.UnpicklingError as e:
         # torch's message is a paragraph; keep the part that says what was refused
         why = str(e).split('WeightsUnpickler error:')[-1].split('Check the documentation')[0]
+        why = why.split('. Please use')[0]  # drop torch's advice to allowlist the global
         raise ModelError(f"refusing {p}: not a weights-only torch file ({_one_line(why)}); "
                          "its pickled code was not run") from None
     except Exception as e:  # torch/safetensors raise many types for bad files
@@ -209,8 +208,9 @@ def create_backbone(name: str, num_classes: int, in_chans: int | None = None,
     except (TypeError, ValueError, RuntimeError, AssertionError, FileNotFoundError) as e:
         raise ModelError(f"cannot build model '{name}': {_one_line(e)}") from None
     if pretrained_file is not None:
-        # loaded here, not via pretrained=True + pretrained_cfg_overlay(file=...): that path
-        # falls back to the hub when the cfg is incomplete and raises assorted error types
+        # loaded here, not via pretrained=True + pretrained_cfg_overlay(file=...): timm drops the
+        # file's head only when num_classes differs from the *cfg's* class count (not the file's),
+        # an empty file name falls through to the hub, and its errors come in assorted types
         prefixes = _head_prefixes(model)
         sd = {k: v for k, v in _read_state_dict(pretrained_file).items() if not _is_head(k, prefixes)}
         trunk = {k: v for k, v in model.state_dict().items() if not _is_head(k, prefixes)}

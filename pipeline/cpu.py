@@ -108,13 +108,20 @@ def decode(items, spec: ReadSpec, skips: list, rng: random.Random):
 
 def batched(items, batch_size: int, skips: list):
     """-> (images uint8 (B, C, H, W), labels, clean, index, skipped); the last batch may be
-    short. Skip records ride along with the next batch (or an empty one at the end)."""
-    buf = []
+    short, but never a single sample (BatchNorm cannot train on one): a lone tail sample
+    joins the batch before it. Skip records ride along with the next batch (or an empty one
+    at the end)."""
+    buf, pending = [], None
     for item in items:
         buf.append(item)
         if len(buf) == batch_size:
-            yield _collate(buf, skips)
-            buf = []
+            if pending:
+                yield _collate(pending, skips)
+            pending, buf = buf, []
+    if pending and len(buf) == 1:
+        pending, buf = pending + buf, []
+    if pending:
+        yield _collate(pending, skips)
     if buf or skips:
         yield _collate(buf, skips)
 

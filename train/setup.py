@@ -1,0 +1,64 @@
+"""Build what a run needs from its config: the fused model, +init, the optimizer and the LR
+schedule (a pure function of the step)."""
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from models.backbones import ModelError, create_backbone, load_classifier_weights
+from models.limit import LimitNet, PredictorHead
+from train import checkpoint
+
+
+def build_model(cfg, n_classes: int, in_chans: int) -> LimitNet:
+    pretrained = cfg.pretrained or None
+    if pretrained and not Path(pretrained).is_file():
+        raise ModelError(f"--pretrained {pretrained}: no such file")
+    clf = create_backbone(cfg.model, n_classes, in_chans, pretrained_file=pretrained)
+    if cfg.method != "limit":
+        return LimitNet(clf)
+    if cfg.predictor == "head":
+        return LimitNet(clf, PredictorHead(clf.num_features, n_classes), mode="head")
+    pred = create_backbone(cfg.predictor_model or cfg.model, n_classes, in_chans, pretrained_file=pretrained)
+    return LimitNet(clf, pred, mode="network")
+
+
+def init_from(model: LimitNet, cfg) -> str:
+    """+init: copy a CE run's classifier into the predictor, the classifier or both."""
+    if not cfg.init_from:
+        return ""
+    src = checkpoint.locate(cfg.init_from) / "model.safetensors"
+    targets = {"predictor": ["predictor"], "classifier": ["classifier"],
+               "both": ["classifier", "predictor"]}[cfg.init_target]
+    if cfg.method != "limit":
+        targets = ["classifier"]            # baselines fine-tune the CE model itself
+    for name in targets:
+        net = getattr(model, name)
+        if name == "predictor" and model.mode == "head":
+            raise ModelError("--init-target predictor needs --predictor network (head mode has no backbone)")
+        load_classifier_weights(net, src)
+    return f"{', '.join(targets)} from {src}"
+
+
+def build_optimizer(cfg, model: LimitNet) -> torch.optim.Optimizer:
+    groups = [{"params": [p for p in model.parameters() if p.requires_grad]}]
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    return torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def lr_at(step: int, total: int, warmup: int, peak: float, sched: str) -> float:
+    """Linear warm-up, then constant or cosine to zero; a pure function of the step."""
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    if sched == "cosine":
+        return peak * 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
+    return peak
+
+
+def seed_everything(seed: int) -> None:
+    import random
+    random.seed(seed)
+    torch.manual_seed(seed)
+    np.random.seed(seed)
