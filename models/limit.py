@@ -88,7 +88,9 @@ def sample_noise(like: torch.Tensor, dist: str, sigma: float) -> torch.Tensor:
     in the paper's appendix, so both distributions have the same second moment)."""
     if dist == "gaussian":
         return torch.randn_like(like) * sigma
-    u = torch.rand_like(like) - 0.5                                  # inverse-CDF Laplace
+    # inverse-CDF Laplace; rand can return exactly 0, whose log1p(-1) = -inf would turn the
+    # whole step's gradient into NaN, so u stays inside the open interval (-1/2, 1/2)
+    u = torch.rand_like(like).clamp_min(torch.finfo(like.dtype).eps) - 0.5
     return -sigma / math.sqrt(2) * u.sign() * torch.log1p(-2 * u.abs())
 
 

@@ -34,11 +34,20 @@ def carve_val(records: list[tuple], fraction: float, seed: int) -> tuple[list, l
 
 
 def mnist(root: Path, val_fraction: float, seed: int) -> Source:
-    from tools.fetch_mnist import load_mnist
-    try:
-        d = load_mnist(root)
-    except (OSError, ValueError) as e:
-        raise DataError(f"mnist source {root}: {e} (run tools/fetch_mnist.py DIR first)") from None
+    """MNIST's four idx files (raw or .gz, also torchvision's MNIST/raw layout). Read as they
+    are, without MD5 checks (fetch_mnist checks what it downloads), so Fashion-MNIST and
+    KMNIST, which share the layout, convert too."""
+    from tools.fetch_mnist import FILES, _find_existing, read_idx
+    arrays = {}
+    for name, (base, _, _) in FILES.items():
+        path = _find_existing(root, base)
+        if path is None:
+            raise DataError(f"mnist source {root}: {base}[.gz] not found (run tools/fetch_mnist.py {root} first)")
+        try:
+            arrays[name] = read_idx(path)
+        except (OSError, ValueError) as e:
+            raise DataError(f"mnist source {path}: {e}") from None
+    d = arrays
     train = [(f"mnist_train_{i:05d}", int(y), int(y), x) for i, (x, y)
              in enumerate(zip(d["train_images"], d["train_labels"]))]
     test = [(f"mnist_test_{i:05d}", int(y), int(y), x) for i, (x, y)

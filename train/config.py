@@ -65,8 +65,15 @@ class Config:
         return json.dumps(dataclasses.asdict(self), indent=1, sort_keys=True)
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse prints its usage block on errors; users get one line naming the flag."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description="Train a classifier on noisy labels with LIMIT or a baseline.",
+    p = OneLineParser(description="Train a classifier on noisy labels with LIMIT or a baseline.",
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     for f in dataclasses.fields(Config):
         meta = dict(f.metadata)
