@@ -206,7 +206,10 @@ def ours_loss(out, labels, beta=1.0):
 
 
 def sgd_update(net, x, y, loss_fn, amp=None, scale=None, lr=0.1):
-    """One SGD step; returns (classifier update, predictor update) as flat vectors."""
+    """One SGD step; returns (classifier update, predictor update) as flat vectors: -lr times
+    the gradient the optimizer applied (read off after the step, so unscaled by the scaler),
+    checked against the parameters' actual move (a difference of fp32 parameters is only good
+    to their ulp, too coarse to compare tiny updates by)."""
     net = copy.deepcopy(net)
     before = [p.detach().clone() for p in net.parameters()]
     opt = torch.optim.SGD(net.parameters(), lr=lr)
@@ -223,7 +226,9 @@ def sgd_update(net, x, y, loss_fn, amp=None, scale=None, lr=0.1):
         loss.backward()
         opt.step()
     n_c = len(list(net.classifier.parameters()))
-    delta = [(p.detach() - b).flatten() for p, b in zip(net.parameters(), before)]
+    delta = [(-lr * p.grad).flatten() for p in net.parameters()]
+    for p, b, d in zip(net.parameters(), before, delta):
+        torch.testing.assert_close((p.detach() - b).flatten(), d, rtol=1e-3, atol=1e-7)
     return torch.cat(delta[:n_c]), torch.cat(delta[n_c:])
 
 
@@ -239,23 +244,29 @@ def close_update(got, want, rel):
     assert got.norm().item() == pytest.approx(want.norm().item(), rel=rel)
 
 
+def scaled_grads(net, x, y, loss_fn, scale):
+    """Gradients of loss * scale, divided by scale afterwards (loss scaling, done by hand)."""
+    net = copy.deepcopy(net)
+    (loss_fn(net(x), y) * scale).backward()
+    return [torch.cat([p.grad.flatten() / scale for p in m.parameters()])
+            for m in (net.classifier, net.predictor)]
+
+
 def test_loss_scaling_exact_in_fp32():
-    """Scale the loss by 2^16, backward, unscale: the surrogate's update is unchanged (2^16 is a
-    power of two, so exactly); the custom backward's classifier update shrinks by 2^16."""
+    """Scale the loss by 2^16, backward, unscale: the surrogate's gradients are unchanged (2^16 is
+    a power of two, so to rounding); the custom backward's classifier gradient shrinks by 2^16."""
     net, x, y = fp32_setup()
     for loss_fn in (ours_loss, custom_fn_loss):
-        plain = sgd_update(net, x, y, loss_fn)
-        scaled = sgd_update(net, x, y, lambda o, l: loss_fn(o, l) * 2.0 ** 16)
-        # unscale: divide the gradient (= update / -lr) by the scale
-        unscaled = [u / 2.0 ** 16 for u in scaled]
-        torch.testing.assert_close(unscaled[1], plain[1], rtol=1e-6, atol=1e-9)  # predictor: both fine
+        plain = scaled_grads(net, x, y, loss_fn, 1.0)
+        unscaled = scaled_grads(net, x, y, loss_fn, 2.0 ** 16)
+        torch.testing.assert_close(unscaled[1], plain[1], rtol=1e-6, atol=1e-12)  # predictor: both fine
         if loss_fn is ours_loss:
-            torch.testing.assert_close(unscaled[0], plain[0], rtol=1e-6, atol=1e-9)
+            torch.testing.assert_close(unscaled[0], plain[0], rtol=1e-6, atol=1e-12)
         else:
-            torch.testing.assert_close(unscaled[0], plain[0] / 2.0 ** 16, rtol=1e-6, atol=1e-12)
+            torch.testing.assert_close(unscaled[0], plain[0] / 2.0 ** 16, rtol=1e-6, atol=1e-15)
     # without scaling the two formulations agree: the difference above is the scaling alone
-    for a, b in zip(sgd_update(net, x, y, ours_loss), sgd_update(net, x, y, custom_fn_loss)):
-        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-9)
+    for a, b in zip(scaled_grads(net, x, y, ours_loss, 1.0), scaled_grads(net, x, y, custom_fn_loss, 1.0)):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-10)
 
 
 def test_fp16_gradscaler_update_matches_fp32():

@@ -66,6 +66,8 @@ def main(argv=None) -> int:
         meta = checkpoint.load_train_state(where, acc.unwrap_model(model), optimizer)
         start, best = meta["epoch"] + 1, meta["best"]
     if acc.is_main_process:
+        if not cfg.resume:
+            (out / "metrics.jsonl").unlink(missing_ok=True)   # a fresh run starts a fresh log
         (out / "config.json").write_text(cfg.to_json() + "\n")
         acc.print(f"{cfg.method} on {len(ds.classes)} classes, {n_train} train samples, "
                   f"{steps} steps/epoch, backend {cfg.backend}, device {acc.device}, "

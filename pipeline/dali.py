@@ -1,0 +1,233 @@
+"""The DALI backend: the same shards, AugSpec and batch tuples as pipeline/cpu.py, with the
+decode and augmentation in NVIDIA DALI ("mixed" = nvJPEG on the GPU when one is present,
+"cpu" otherwise). One pipeline per epoch, seeded by (seed, epoch, rank) like the CPU workers.
+
+What DALI cannot do is drop a sample inside the graph, so the label check and the subset mask
+(`keep`) run in torch after each DALI batch, and a small re-batcher restores the CPU backend's
+batching (full batches, a lone tail sample joins the batch before it: BatchNorm needs >= 2)."""
+import functools
+import os
+import zlib
+
+import numpy as np
+import torch
+
+from pipeline import records
+from pipeline.cpu import ReadSpec
+from pipeline.shards import DataError
+
+try:
+    from nvidia.dali import fn, pipeline_def, types
+    import nvidia.dali.math as dmath
+    from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
+except ImportError:          # the `dali` extra is optional; the CPU backend needs none of it
+    fn = None
+
+INSTALL = "--backend dali needs NVIDIA DALI: pip install '.[dali]' (nvidia-dali-cuda130==2.4.0)"
+OUTPUTS = ["images", "cls", "ids", "source"]
+
+
+def dali_available() -> bool:
+    return fn is not None
+
+
+def gpu_decode_available() -> bool:
+    """DALI plus a CUDA device: the only case where "mixed" (GPU) decoding can run."""
+    return dali_available() and torch.cuda.is_available()
+
+
+def _local(url: str) -> str:
+    """DALI reads local files only (no pipe:, no http): say so at start-up, not mid-epoch."""
+    path = url.removeprefix("file:")
+    if ":" in path.split("/", 1)[0] or not os.path.isfile(path):
+        raise DataError(f"--backend dali reads local shard files only: {url}")
+    return path
+
+
+@functools.lru_cache(maxsize=4096)
+def _scan_index(path: str, mtime: float) -> tuple[int, tuple]:
+    """(usable samples, skip records) of a shard from its DALI .idx (v1.1 or v1.2 lines of
+    `ext offset size [name]` per member). With missing_component_behavior="skip" DALI drops a
+    sample lacking a member without a word; reading the index first gives those samples the
+    same skip records the CPU backend writes. Cached per (path, mtime): epochs re-read it."""
+    with open(path[:-4] + ".idx") as f:
+        lines = f.read().split("\n")
+    step = 4 if lines[0].startswith("v1.2") else 3
+    usable, skips = 0, []
+    for line in lines[1:]:
+        tok = line.split()
+        if not tok:
+            continue
+        exts = set(tok[0::step])
+        key = tok[3].rsplit(".", 1)[0] if step == 4 else ""
+        need = [n for n, ok in (("jpg or png", exts & {"jpg", "png"}), ("cls", "cls" in exts),
+                                ("ids", "ids" in exts)) if not ok]
+        if need:
+            skips.append((path, key, f"KeyError: no {' / '.join(need)} member"))
+        else:
+            usable += 1
+    if not usable and any("ids" in s[2] for s in skips):
+        raise DataError(f"{path}: no sample has an .ids member (not written by tools/make_shards.py?): "
+                        "use --backend cpu, or re-shard")
+    return usable, tuple(skips)
+
+
+def _augment(encoded, spec: ReadSpec, device: str):
+    """The AugSpec of pipeline/augment.py in DALI ops -> uint8 CHW. EXIF orientation is
+    ignored (adjust_orientation=False) because PIL, in the CPU backend, ignores it too."""
+    aug, train = spec.aug, spec.train
+    kind = types.GRAY if aug.channels == 1 else types.RGB
+    mirror = fn.random.coin_flip() if train and aug.flip else 0
+    crop = aug.crop if train else "eval"
+    # rounding="truncate" makes a centred crop start at (w - size) // 2 like the CPU code
+    # ("round" would land one pixel right on odd margins). Random crops draw the normalised
+    # start u in [0, 1): offsets 0 .. w - size - 1 (the CPU draws 0 .. w - size; one pixel).
+    finish = functools.partial(fn.crop_mirror_normalize, dtype=types.UINT8, output_layout="CHW",
+                               mirror=mirror, rounding="truncate", out_of_bounds_policy="pad")
+    if crop == "random_resized":
+        # Fused decode + crop: libjpeg-turbo / nvJPEG decode only the window (much cheaper than
+        # fn.random_resized_crop after a full decode), with torchvision's area/ratio rule.
+        img = fn.decoders.image_random_crop(encoded, device=device, output_type=kind,
+                                            adjust_orientation=False, random_area=list(aug.scale),
+                                            random_aspect_ratio=list(aug.ratio))
+        return finish(fn.resize(img, size=[aug.size, aug.size], subpixel_scale=False))
+    img = fn.decoders.image(encoded, device=device, output_type=kind, adjust_orientation=False)
+    if crop == "pad_random":
+        # pad by `pad` then a random size crop == a slice starting in [-pad, h + pad - size],
+        # zero-filled where it leaves the image; the start needs (h, w) before decoding.
+        hw = fn.peek_image_shape(encoded, adjust_orientation=False)[0:2]
+        u = fn.random.uniform(range=[0.0, 1.0], shape=[2])
+        start = dmath.floor(u * (hw + (2 * aug.pad - aug.size + 1))) - aug.pad
+        img = fn.slice(img, start=fn.cast(start, dtype=types.INT32), shape=[aug.size, aug.size],
+                       axis_names="HW", out_of_bounds_policy="pad", fill_values=0)
+        return finish(img)
+    # random / none / eval: shorter side to `resize` (or `size`), then a random or centred crop.
+    # subpixel_scale=False maps the whole image onto the rounded size, as PIL's resize does.
+    img = fn.resize(img, resize_shorter=aug.resize or aug.size, subpixel_scale=False)
+    if crop == "random":
+        pos = dict(crop_pos_x=fn.random.uniform(range=[0.0, 1.0]),
+                   crop_pos_y=fn.random.uniform(range=[0.0, 1.0]))
+    else:
+        pos = {}
+    return finish(img, crop=[aug.size, aug.size], **pos)
+
+
+def _build(urls: list[str], spec: ReadSpec, seed: int, threads: int):
+    gpu = torch.cuda.is_available()
+    idx = [u[:-4] + ".idx" for u in urls]
+    has_idx = all(os.path.isfile(p) for p in idx)   # DALI takes indexes for all or for none
+
+    @pipeline_def(batch_size=spec.batch_size, num_threads=threads, seed=seed,
+                  device_id=torch.cuda.current_device() if gpu else None)
+    def graph():
+        images, cls, ids = fn.readers.webdataset(
+            paths=urls, index_paths=idx if has_idx else None, ext=["jpg;png", "cls", "ids"],
+            dtypes=[types.UINT8, types.UINT8, types.INT64], missing_component_behavior="skip",
+            random_shuffle=spec.train, initial_fill=spec.shuffle_buffer,
+            pad_last_batch=True, name="Reader")
+        # "tar:offset:member" of each sample, only for the skip records of bad labels
+        source = fn.get_property(images, key="source_info")
+        out = _augment(images, spec, "mixed" if gpu else "cpu")
+        # cls is ASCII of varying length: fn.pad zero-fills to the batch's longest
+        return out, fn.pad(cls, fill_value=0), ids, fn.pad(source, fill_value=0)
+
+    pipe = graph()
+    pipe.build()
+    # pad_last_batch + PARTIAL: the epoch's last batch is cut to the real samples, so every
+    # sample is read exactly once per epoch.
+    return DALIGenericIterator(pipe, OUTPUTS, reader_name="Reader", auto_reset=False,
+                               last_batch_policy=LastBatchPolicy.PARTIAL)
+
+
+def _parse(out: dict, n_classes: int, keep, skips: list):
+    """A DALI batch -> (images, labels, clean, index) of the samples the CPU backend keeps:
+    in the subset first (no label check for the others), then with a valid cls label."""
+    ids = out["ids"].cpu()
+    index, clean = ids[:, 1].contiguous(), ids[:, 2].contiguous()
+    ok = torch.ones(len(ids), dtype=torch.bool)
+    if keep is not None:
+        inside = (index >= 0) & (index < len(keep))
+        ok &= inside & torch.as_tensor(keep)[index.clamp(0, len(keep) - 1)]
+    labels = torch.full((len(ids),), -1, dtype=torch.int64)
+    cls = out["cls"].cpu().numpy()
+    for i in ok.nonzero().flatten().tolist():
+        try:
+            labels[i] = records.parse_label(cls[i].tobytes().rstrip(b"\0"))
+            if not 0 <= labels[i] < n_classes:
+                raise ValueError(f"label {int(labels[i])} outside [0, {n_classes})")
+        except (ValueError, UnicodeDecodeError) as e:
+            url, _, member = out["source"][i].cpu().numpy().tobytes().rstrip(b"\0").decode().rpartition(":")
+            skips.append((url.rsplit(":", 1)[0], member.rsplit(".", 1)[0], f"{type(e).__name__}: {e}"))
+            ok[i] = False
+    images = out["images"]
+    if not bool(ok.all()):
+        images = images[ok.to(images.device)]
+        labels, clean, index = labels[ok], clean[ok], index[ok]
+    return images, labels, clean, index
+
+
+def _rebatch(parts, batch_size: int, skips: list):
+    """Filtered chunks -> batches exactly as pipeline.cpu.batched cuts them. An unfiltered
+    DALI batch passes through without a copy."""
+    buf, have, pending = [], 0, None
+    for chunk in parts:
+        buf.append(chunk)
+        have += len(chunk[1])
+        while have >= batch_size:
+            cat = buf[0] if len(buf) == 1 else [torch.cat(t) for t in zip(*buf)]
+            head, rest = [t[:batch_size] for t in cat], [t[batch_size:] for t in cat]
+            buf, have = ([rest] if len(rest[1]) else []), have - batch_size
+            if pending is not None:
+                yield _emit(pending, skips)
+            pending = head
+    tail = ([torch.cat(t) for t in zip(*buf)] if buf else None)
+    if pending is not None and have == 1:
+        pending, tail = [torch.cat(t) for t in zip(pending, tail)], None
+    if pending is not None:
+        yield _emit(pending, skips)
+    if tail is not None or skips:
+        yield _emit(tail, skips)
+
+
+def _emit(batch, skips: list):
+    taken = list(skips)
+    skips.clear()
+    if batch is None:
+        e = torch.zeros(0, dtype=torch.int64)
+        return torch.zeros(0, 1, 1, 1, dtype=torch.uint8), e, e, e, taken
+    images, labels, clean, index = batch
+    return images, labels, clean, index, taken
+
+
+def dali_batches(urls, spec: ReadSpec, n_classes: int, epoch: int, workers: int, rank: int = 0,
+                 keep=None):
+    """Iterate (images, labels, clean, index, skipped) tuples for one epoch over this rank's
+    `urls` (already split by rank, so DALI's own sharding stays at 1/0). Images are uint8
+    (B, C, H, W), on the GPU when it decoded them, else on the host."""
+    if not dali_available():
+        raise DataError(INSTALL)
+    skips: list = []
+    mine = []
+    for url in urls:
+        path = _local(url)
+        if os.path.isfile(path[:-4] + ".idx"):
+            usable, bad = _scan_index(path, os.path.getmtime(path))
+            skips += bad
+            if not usable:         # DALI refuses a shard with no complete sample
+                continue
+        mine.append(path)
+    if not mine:
+        yield from _rebatch([], spec.batch_size, skips)
+        return
+    # seeds every random op and the reader's shuffle: a function of (seed, epoch, rank) only
+    seed = zlib.crc32(f"{spec.seed}-{epoch}-{rank}".encode()) & 0x7FFFFFFF
+    try:
+        it = _build(mine, spec, seed, max(1, workers))
+        parts = (_parse(out[0], n_classes, keep, skips) for out in it)
+        yield from _rebatch(parts, spec.batch_size, skips)
+    except RuntimeError as e:
+        # DALI stops the whole pipeline on an undecodable image or a cut-off tar (it has no
+        # per-sample skip); one line saying where, instead of a C++ traceback.
+        first = next((ln for ln in str(e).split("\n") if "rror" in ln and "pipeline" not in ln), str(e)[:300])
+        raise DataError(f"DALI failed reading {len(mine)} shards ({mine[0]}, ...): {first.strip()} "
+                        "(--backend cpu skips damaged samples)") from e
