@@ -11,6 +11,7 @@ class Batch:
     clean: torch.Tensor         # (B,) int64 clean labels, -1 where unknown
     index: torch.Tensor         # (B,) int64 global sample index (the key of the noise table)
     skipped: list = field(default_factory=list)   # [(shard, key, reason)] since the last batch
+    pad: bool = False           # a repeat that keeps DDP ranks in step: zero loss weight, no metrics
 
     def __len__(self) -> int:
         return self.labels.shape[0]
@@ -27,4 +28,4 @@ def to_device(batch: Batch, device: torch.device, mean: tuple, std: tuple,
     s = torch.tensor(std, device=device).view(1, -1, 1, 1) * 255
     x = (x.float() - m) / s
     move = lambda t: t.to(device, non_blocking=True)  # noqa: E731
-    return Batch(x, move(batch.labels), move(batch.clean), move(batch.index), batch.skipped)
+    return Batch(x, move(batch.labels), move(batch.clean), move(batch.index), batch.skipped, batch.pad)

@@ -7,6 +7,7 @@ What DALI cannot do is drop a sample inside the graph, so the label check and th
 batching (full batches, a lone tail sample joins the batch before it: BatchNorm needs >= 2)."""
 import functools
 import os
+import re
 import zlib
 
 import numpy as np
@@ -36,6 +37,11 @@ def gpu_decode_available() -> bool:
     return dali_available() and torch.cuda.is_available()
 
 
+def _idx(path: str) -> str:
+    """The DALI index beside a shard (pipeline/writer.py writes NAME.idx for NAME.tar)."""
+    return os.path.splitext(path)[0] + ".idx"
+
+
 def _local(url: str) -> str:
     """DALI reads local files only (no pipe:, no http): say so at start-up, not mid-epoch."""
     path = url.removeprefix("file:")
@@ -50,7 +56,7 @@ def _scan_index(path: str, mtime: float) -> tuple[int, tuple]:
     `ext offset size [name]` per member). With missing_component_behavior="skip" DALI drops a
     sample lacking a member without a word; reading the index first gives those samples the
     same skip records the CPU backend writes. Cached per (path, mtime): epochs re-read it."""
-    with open(path[:-4] + ".idx") as f:
+    with open(_idx(path)) as f:
         lines = f.read().split("\n")
     step = 4 if lines[0].startswith("v1.2") else 3
     usable, skips = 0, []
@@ -60,10 +66,11 @@ def _scan_index(path: str, mtime: float) -> tuple[int, tuple]:
             continue
         exts = set(tok[0::step])
         key = tok[3].rsplit(".", 1)[0] if step == 4 else ""
-        need = [n for n, ok in (("jpg or png", exts & {"jpg", "png"}), ("cls", "cls" in exts),
-                                ("ids", "ids" in exts)) if not ok]
+        # the reason texts of the CPU backend's KeyErrors
+        need = [n for n, ok in (("no jpg or png member", exts & {"jpg", "png"}),
+                                ("cls", "cls" in exts), ("ids", "ids" in exts)) if not ok]
         if need:
-            skips.append((path, key, f"KeyError: no {' / '.join(need)} member"))
+            skips.append((path, key, f"KeyError: {need[0]!r}"))
         else:
             usable += 1
     if not usable and any("ids" in s[2] for s in skips):
@@ -104,26 +111,22 @@ def _augment(encoded, spec: ReadSpec, device: str):
     # random / none / eval: shorter side to `resize` (or `size`), then a random or centred crop.
     # subpixel_scale=False maps the whole image onto the rounded size, as PIL's resize does.
     img = fn.resize(img, resize_shorter=aug.resize or aug.size, subpixel_scale=False)
-    if crop == "random":
-        pos = dict(crop_pos_x=fn.random.uniform(range=[0.0, 1.0]),
-                   crop_pos_y=fn.random.uniform(range=[0.0, 1.0]))
-    else:
-        pos = {}
+    pos = {f"crop_pos_{a}": fn.random.uniform(range=[0.0, 1.0]) for a in "xy"} if crop == "random" else {}
     return finish(img, crop=[aug.size, aug.size], **pos)
 
 
 def _build(urls: list[str], spec: ReadSpec, seed: int, threads: int):
     gpu = torch.cuda.is_available()
-    idx = [u[:-4] + ".idx" for u in urls]
-    has_idx = all(os.path.isfile(p) for p in idx)   # DALI takes indexes for all or for none
+    idx = [_idx(u) for u in urls]     # DALI takes indexes for all shards or for none
+    idx = idx if all(os.path.isfile(p) for p in idx) else None
 
     @pipeline_def(batch_size=spec.batch_size, num_threads=threads, seed=seed,
                   device_id=torch.cuda.current_device() if gpu else None)
     def graph():
         images, cls, ids = fn.readers.webdataset(
-            paths=urls, index_paths=idx if has_idx else None, ext=["jpg;png", "cls", "ids"],
+            paths=urls, index_paths=idx, ext=["jpg;png", "cls", "ids"],
             dtypes=[types.UINT8, types.UINT8, types.INT64], missing_component_behavior="skip",
-            random_shuffle=spec.train, initial_fill=spec.shuffle_buffer,
+            random_shuffle=spec.train, initial_fill=max(1, spec.shuffle_buffer),
             pad_last_batch=True, name="Reader")
         # "tar:offset:member" of each sample, only for the skip records of bad labels
         source = fn.get_property(images, key="source_info")
@@ -131,12 +134,22 @@ def _build(urls: list[str], spec: ReadSpec, seed: int, threads: int):
         # cls is ASCII of varying length: fn.pad zero-fills to the batch's longest
         return out, fn.pad(cls, fill_value=0), ids, fn.pad(source, fill_value=0)
 
-    pipe = graph()
-    pipe.build()
     # pad_last_batch + PARTIAL: the epoch's last batch is cut to the real samples, so every
-    # sample is read exactly once per epoch.
-    return DALIGenericIterator(pipe, OUTPUTS, reader_name="Reader", auto_reset=False,
+    # sample is read exactly once per epoch. (The iterator builds the pipeline.)
+    return DALIGenericIterator(graph(), OUTPUTS, reader_name="Reader", auto_reset=False,
                                last_batch_policy=LastBatchPolicy.PARTIAL)
+
+
+def _labels(raw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(labels, parsed) from zero-padded ASCII rows (B, L): plain decimal rows in numpy (a
+    Python parse per sample would cost the training process ~1 ms per 256-batch); others
+    (a sign, spaces, junk) are left for records.parse_label, which says what is wrong."""
+    digit, used = (raw >= 48) & (raw <= 57), raw != 0
+    length = used.sum(1)
+    parsed = (digit == used).all(1) & (length > 0) & (length < 19)     # int64 holds 18 digits
+    power = np.clip(length[:, None] - 1 - np.arange(raw.shape[1]), 0, None)
+    labels = ((raw.astype(np.int64) - 48) * 10 ** power * digit).sum(1)
+    return labels, parsed
 
 
 def _parse(out: dict, n_classes: int, keep, skips: list):
@@ -144,25 +157,26 @@ def _parse(out: dict, n_classes: int, keep, skips: list):
     in the subset first (no label check for the others), then with a valid cls label."""
     ids = out["ids"].cpu()
     index, clean = ids[:, 1].contiguous(), ids[:, 2].contiguous()
-    ok = torch.ones(len(ids), dtype=torch.bool)
+    ok = np.ones(len(ids), dtype=bool)
     if keep is not None:
-        inside = (index >= 0) & (index < len(keep))
-        ok &= inside & torch.as_tensor(keep)[index.clamp(0, len(keep) - 1)]
-    labels = torch.full((len(ids),), -1, dtype=torch.int64)
-    cls = out["cls"].cpu().numpy()
-    for i in ok.nonzero().flatten().tolist():
-        try:
-            labels[i] = records.parse_label(cls[i].tobytes().rstrip(b"\0"))
+        i = index.numpy()
+        ok &= (i >= 0) & (i < len(keep)) & keep[i.clip(0, len(keep) - 1)]
+    raw = out["cls"].cpu().numpy()
+    labels, parsed = _labels(raw)
+    for i in np.flatnonzero(ok & ~(parsed & (labels >= 0) & (labels < n_classes))).tolist():
+        try:        # the CPU backend's checks and messages
+            labels[i] = records.parse_label(raw[i].tobytes().rstrip(b"\0"))
             if not 0 <= labels[i] < n_classes:
-                raise ValueError(f"label {int(labels[i])} outside [0, {n_classes})")
+                raise ValueError(f"label {labels[i]} outside [0, {n_classes})")
         except (ValueError, UnicodeDecodeError) as e:
             url, _, member = out["source"][i].cpu().numpy().tobytes().rstrip(b"\0").decode().rpartition(":")
             skips.append((url.rsplit(":", 1)[0], member.rsplit(".", 1)[0], f"{type(e).__name__}: {e}"))
             ok[i] = False
-    images = out["images"]
-    if not bool(ok.all()):
-        images = images[ok.to(images.device)]
-        labels, clean, index = labels[ok], clean[ok], index[ok]
+    labels, images = torch.from_numpy(labels), out["images"]
+    if not ok.all():
+        mask = torch.from_numpy(ok)
+        images = images[mask.to(images.device)]
+        labels, clean, index = labels[mask], clean[mask], index[mask]
     return images, labels, clean, index
 
 
@@ -192,11 +206,10 @@ def _rebatch(parts, batch_size: int, skips: list):
 def _emit(batch, skips: list):
     taken = list(skips)
     skips.clear()
-    if batch is None:
+    if batch is None:                   # skip records only: the CPU backend's empty batch
         e = torch.zeros(0, dtype=torch.int64)
-        return torch.zeros(0, 1, 1, 1, dtype=torch.uint8), e, e, e, taken
-    images, labels, clean, index = batch
-    return images, labels, clean, index, taken
+        batch = torch.zeros(0, 1, 1, 1, dtype=torch.uint8), e, e, e
+    return (*batch, taken)
 
 
 def dali_batches(urls, spec: ReadSpec, n_classes: int, epoch: int, workers: int, rank: int = 0,
@@ -206,14 +219,13 @@ def dali_batches(urls, spec: ReadSpec, n_classes: int, epoch: int, workers: int,
     (B, C, H, W), on the GPU when it decoded them, else on the host."""
     if not dali_available():
         raise DataError(INSTALL)
-    skips: list = []
-    mine = []
+    skips, mine = [], []
     for url in urls:
         path = _local(url)
-        if os.path.isfile(path[:-4] + ".idx"):
+        if os.path.isfile(_idx(path)):
             usable, bad = _scan_index(path, os.path.getmtime(path))
             skips += bad
-            if not usable:         # DALI refuses a shard with no complete sample
+            if not usable:   # DALI rejects an empty shard's index ("sample count must be positive")
                 continue
         mine.append(path)
     if not mine:
@@ -226,8 +238,12 @@ def dali_batches(urls, spec: ReadSpec, n_classes: int, epoch: int, workers: int,
         parts = (_parse(out[0], n_classes, keep, skips) for out in it)
         yield from _rebatch(parts, spec.batch_size, skips)
     except RuntimeError as e:
+        if "Critical error" not in str(e):
+            raise                       # not DALI's data error: a bug, keep its traceback
         # DALI stops the whole pipeline on an undecodable image or a cut-off tar (it has no
-        # per-sample skip); one line saying where, instead of a C++ traceback.
-        first = next((ln for ln in str(e).split("\n") if "rror" in ln and "pipeline" not in ln), str(e)[:300])
-        raise DataError(f"DALI failed reading {len(mine)} shards ({mine[0]}, ...): {first.strip()} "
-                        "(--backend cpu skips damaged samples)") from e
+        # per-sample skip): one line saying which operator failed and why.
+        op = re.search(r"operator `([^`]+)`", str(e))
+        why = str(e).partition("encountered:")[2].strip().split("\n")[0]
+        raise DataError(f"DALI failed reading {len(mine)} shard(s) from {mine[0]}: "
+                        f"{op.group(1) if op else 'pipeline'}: {why or str(e)[:200]} "
+                        "(--backend cpu skips damaged samples)") from None

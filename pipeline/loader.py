@@ -57,6 +57,23 @@ def subset_mask(ds: Dataset, n: int, seed: int) -> np.ndarray | None:
     return keep
 
 
+def shard_sizes(ds: Dataset, keep: np.ndarray | None) -> dict[str, int]:
+    """Samples per shard file name that a reader will yield (the subset counted in)."""
+    if keep is None:
+        return shards.shard_counts(ds.card)
+    t = pq.read_table(ds.card_path.with_suffix(".parquet"), columns=["shard", "index"]).to_pydict()
+    sizes = dict.fromkeys(shards.shard_counts(ds.card), 0)
+    for shard, index in zip(t["shard"], t["index"]):
+        sizes[shard] += bool(keep[index])
+    return sizes
+
+
+def worker_batches(n: int, batch_size: int) -> int:
+    """Batches a worker yields for n samples (cpu.batched folds a lone tail into the batch before)."""
+    full, rest = divmod(n, batch_size)
+    return full if (rest == 1 and full) else full + (rest > 0)
+
+
 def noise_table(ds: Dataset, noise: str, pairs: str, seed: int) -> NoiseTable:
     spec = parse_noise(noise)
     return NoiseTable(transition_matrix(spec, ds.classes, pairs), ds.card["num_indices"], seed)
@@ -67,11 +84,39 @@ class Loader:
 
     def __init__(self, urls: list[str], spec: ReadSpec, n_classes: int, *, workers: int,
                  noise: NoiseTable | None, keep: np.ndarray | None = None, part: Part = Part(),
-                 backend: str = "cpu"):
+                 backend: str = "cpu", sizes: dict[str, int] | None = None):
         self.urls, self.spec, self.n_classes, self.workers = urls, spec, n_classes, workers
         self.noise, self.keep, self.part, self.backend = noise, keep, part, backend
+        self.sizes = sizes or {}
+
+    def steps(self, epoch: int) -> int:
+        """Batches every rank yields this epoch: the most any rank has, so that all ranks take
+        the same number of DDP steps (a rank that runs dry would hang the others)."""
+        order = shards.epoch_order(self.urls, self.spec.seed, epoch, shuffle=self.spec.train)
+        w = max(1, self.workers)
+        per_rank = [sum(worker_batches(sum(self.sizes.get(Path(u).name, 0) for u in shards.for_worker(mine, i, w)),
+                                       self.spec.batch_size) for i in range(w))
+                    for mine in (shards.for_rank(order, Part(r, self.part.world)) for r in range(self.part.world))]
+        return max(per_rank)
 
     def __call__(self, epoch: int):
+        """This rank's batches; under DDP training, padded with zero-weight repeats up to
+        steps(epoch). Padding is bounded by the largest rank's surplus and never counted."""
+        batches = self._batches(epoch)
+        if self.part.world == 1 or not self.spec.train:
+            yield from batches
+            return
+        steps, taken, last = self.steps(epoch), 0, None
+        for batch in batches:
+            if taken == steps:          # more than the card promised: keep ranks in step
+                batch.skipped.append(("", "", "surplus batch beyond the card's counts"))
+                continue
+            taken, last = taken + (len(batch) > 0), batch if len(batch) else last
+            yield batch
+        for _ in range(steps - taken):
+            yield Batch(last.images, last.labels, last.clean, last.index, [], pad=True)
+
+    def _batches(self, epoch: int):
         order = shards.epoch_order(self.urls, self.spec.seed, epoch, shuffle=self.spec.train)
         mine = shards.for_rank(order, self.part)
         if self.backend == "dali":
@@ -86,13 +131,13 @@ class Loader:
 
 def build_loaders(ds: Dataset, aug: AugSpec, *, batch_size: int, workers: int, seed: int,
                   noise: NoiseTable, keep, part: Part = Part(), backend: str = "cpu") -> dict[str, Loader]:
-    loaders = {}
+    loaders, sizes = {}, shard_sizes(ds, keep)
     for split, urls in ds.urls.items():
         train = split == "train"
         spec = ReadSpec(aug, train=train, batch_size=batch_size, seed=seed)
         loaders[split] = Loader(urls, spec, len(ds.classes), workers=workers,
                                 noise=None if split == "test" else noise,
-                                keep=keep if train else None, part=part, backend=backend)
+                                keep=keep if train else None, part=part, backend=backend, sizes=sizes)
     return loaders
 
 

@@ -37,7 +37,10 @@ def encode_image(source, resize: int, quality: int) -> tuple[bytes, str]:
         Image.fromarray(source).save(buf, format="PNG")
         return buf.getvalue(), "png"
     data = Path(source).read_bytes()
-    img = Image.open(io.BytesIO(data))
+    try:
+        img = Image.open(io.BytesIO(data))
+    except Image.UnidentifiedImageError:   # PIL's message names the buffer's address: not reproducible
+        raise Image.UnidentifiedImageError("cannot identify image file") from None
     fmt = img.format
     if resize and min(img.size) > resize:
         img.draft("RGB", (img.size[0] * resize // min(img.size), img.size[1] * resize // min(img.size)))
@@ -92,22 +95,48 @@ def run_jobs(jobs: list[dict], workers: int) -> list[dict]:
     bar = tqdm(total=sum(len(j["records"]) for j in jobs), unit="img", desc="shards", disable=None)
     results = []
     pool = ProcessPoolExecutor(workers) if workers > 1 else None
-    for res in (pool.map(write_shard, jobs) if pool else map(write_shard, jobs)):
-        results.append(res)
-        bar.update(res["count"] + len(res["skipped"]))
-    if pool:
-        pool.shutdown()
-    bar.close()
+    try:
+        for res in (pool.map(write_shard, jobs) if pool else map(write_shard, jobs)):
+            results.append(res)
+            bar.update(res["count"] + len(res["skipped"]))
+    finally:   # on an error too: no worker may go on writing shards after main() returns
+        if pool:
+            pool.shutdown(cancel_futures=True)
+        bar.close()
     return results
 
 
+def drop_empty_shards(results: list[dict], out: Path) -> list[dict]:
+    """A shard whose every image was unreadable is an empty tar, which DALI refuses (its index
+    needs a sample) and stock webdataset reads as an error: delete it and renumber the split's
+    later shards, so names stay contiguous for brace patterns. Deterministic, like the rest."""
+    for split in shard_sources.SPLITS:
+        mine = [r for r in results if r["split"] == split]
+        if all(r["count"] for r in mine):
+            continue
+        for r in mine:
+            if not r["count"]:
+                (out / r["file"]).unlink()
+                (out / r["file"]).with_suffix(".idx").unlink()
+        for i, r in enumerate([k for k in mine if k["count"]]):
+            new = f"{r['file'].rsplit('-', 1)[0]}-{i:03d}.tar"
+            if new != r["file"]:
+                os.replace(out / r["file"], out / new)
+                os.replace((out / r["file"]).with_suffix(".idx"), (out / new).with_suffix(".idx"))
+                r["file"] = new
+                for row in r["rows"]:
+                    row["shard"] = new
+    return [r for r in results if r["count"]]
+
+
 def write_outputs(src, results: list[dict], args) -> dict:
+    skipped = [s for r in results for s in r["skipped"]]
+    results = drop_empty_shards(results, args.out)
     splits = {}
     for r in results:
         sp = splits.setdefault(r["split"], {"shards": [], "count": 0})
         sp["shards"].append({"file": r["file"], "count": r["count"]})
         sp["count"] += r["count"]
-    skipped = [s for r in results for s in r["skipped"]]
     card = {"name": args.name, "format": args.format, "classes": src.classes, "channels": src.channels,
             "augment": src.augment, "normalize": src.normalize, "splits": splits,
             "num_indices": sum(len(v) for v in src.splits.values()),
@@ -135,6 +164,7 @@ def load_source(args) -> shard_sources.Source:
     else:
         src = getattr(shard_sources, args.format)(args.source, val, args.seed)
     shard_sources.check_unique_keys(src)
+    shard_sources.check_labels(src)
     return src
 
 
@@ -153,7 +183,8 @@ def parse_args(argv=None):
     p.add_argument("--seed", type=int, default=0, help="seed of the train/val split")
     args = p.parse_args(argv)
     args.name = args.name or args.format
-    for flag, v, lo in (("--shard-size", args.shard_size, 1), ("--workers", args.workers, 1), ("--quality", args.quality, 1)):
+    for flag, v, lo in (("--shard-size", args.shard_size, 1), ("--workers", args.workers, 1), ("--quality", args.quality, 1),
+                        ("--resize", args.resize, 0)):
         if v < lo:
             p.error(f"{flag} must be >= {lo}")
     if args.val_fraction is not None and not 0 <= args.val_fraction < 1:

@@ -3,6 +3,7 @@
 A record is (key, label, clean_label, source) where source is a file path or, for MNIST,
 a uint8 pixel array. Every layout returns the same thing, so the writer never branches."""
 import random
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -47,6 +48,10 @@ def mnist(root: Path, val_fraction: float, seed: int) -> Source:
             arrays[name] = read_idx(path)
         except (OSError, ValueError) as e:
             raise DataError(f"mnist source {path}: {e}") from None
+    for split in ("train", "test"):   # zip below would silently drop the unmatched tail
+        images, labels = arrays[f"{split}_images"], arrays[f"{split}_labels"]
+        if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
+            raise DataError(f"mnist source {root}: {split} images {images.shape} and labels {labels.shape} do not match")
     d = arrays
     train = [(f"mnist_train_{i:05d}", int(y), int(y), x) for i, (x, y)
              in enumerate(zip(d["train_images"], d["train_labels"]))]
@@ -67,10 +72,13 @@ def _find_txt(root: Path, name: str) -> Path:
 
 def _kv(path: Path) -> dict[str, int]:
     out = {}
-    for line in path.read_text().split("\n"):
+    for n, line in enumerate(path.read_text().split("\n"), 1):
         if line.strip():
-            k, v = line.split()
-            out[k] = int(v)
+            try:
+                k, v = line.split()
+                out[k] = int(v)
+            except ValueError:
+                raise DataError(f"{path} line {n}: expected 'PATH LABEL', got {line.strip()[:80]!r}") from None
     return out
 
 
@@ -124,37 +132,65 @@ def imagefolder(root: Path, val_fraction: float, seed: int) -> Source:
     return Source(classes, splits, augment={"size": 224, "crop": "random_resized", "flip": True})
 
 
+def _cell(v) -> str:
+    """A label cell as text; integral floats (pandas' int columns with gaps) as ints; a missing
+    value (None, NaN, empty) as ''."""
+    if v is None or (isinstance(v, float) and v != v):
+        return ""
+    if isinstance(v, float) and v.is_integer():
+        v = int(v)
+    return str(v).strip()
+
+
+def _is_int(v: str) -> bool:
+    return re.fullmatch(r"-?[0-9]+", v) is not None
+
+
 def table(path: Path, val_fraction: float, seed: int, classes: list[str] | None = None) -> Source:
-    """A Parquet or CSV table: path, label[, clean_label][, split]. Labels are class names or
-    integers; paths are relative to the table's folder unless absolute."""
+    """A Parquet or CSV table: path, label[, clean_label][, split]. A label column of integers
+    holds ids into the classes (default 0..max), any other holds class names (default: the
+    sorted names seen); a missing or -1 clean_label means unknown. Paths are relative to the
+    table's folder unless absolute."""
+    import pyarrow
     import pyarrow.csv
     import pyarrow.parquet
-    t = pyarrow.parquet.read_table(path) if path.suffix == ".parquet" else pyarrow.csv.read_csv(path)
+    try:
+        t = pyarrow.parquet.read_table(path) if path.suffix == ".parquet" else pyarrow.csv.read_csv(path)
+    except (pyarrow.ArrowException, OSError) as e:
+        raise DataError(f"table {path}: cannot read it ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
     cols = t.to_pydict()
     for need in ("path", "label"):
         if need not in cols:
             raise DataError(f"table {path}: missing column {need!r} (has {sorted(cols)})")
-    labels = [str(v) for v in cols["label"]]
+    n = len(cols["label"])
+    if n == 0:
+        raise DataError(f"table {path}: no rows")
+    labels = [_cell(v) for v in cols["label"]]
+    clean = [_cell(v) for v in cols.get("clean_label", [None] * n)]
+    clean = ["" if v == "-1" else v for v in clean]
+    by_id = {"label": all(_is_int(v) for v in labels),
+             "clean_label": all(_is_int(v) for v in clean if v)}
     if classes is None:
-        ints = all(v.lstrip("-").isdigit() for v in labels)
-        classes = [str(i) for i in range(max(map(int, labels)) + 1)] if ints else sorted(set(labels))
+        classes = [str(i) for i in range(max(map(int, labels)) + 1)] if by_id["label"] else sorted(set(labels))
     index = {c: i for i, c in enumerate(classes)}
 
-    def to_id(v, row):
-        if v not in index:
-            raise DataError(f"table {path}: row {row} label {v!r} is outside the class set")
-        return index[v]
-    n = len(labels)
-    clean = [str(v) if v is not None else "-1" for v in cols.get("clean_label", ["-1"] * n)]
+    def to_id(v, row, column):
+        if by_id[column] and 0 <= int(v) < len(classes):
+            return int(v)
+        if not by_id[column] and v in index:
+            return index[v]
+        raise DataError(f"table {path}: row {row} {column} {v!r} is outside the class set ({len(classes)} classes)")
     split = [str(v) for v in cols.get("split", ["train"] * n)]
     splits: dict[str, list] = {}
     for i in range(n):
         if split[i] not in SPLITS:
             raise DataError(f"table {path}: row {i} split {split[i]!r} is not one of {SPLITS}")
+        if not cols["path"][i] or not labels[i]:
+            raise DataError(f"table {path}: row {i} has no {'path' if not cols['path'][i] else 'label'}")
         p = Path(cols["path"][i])
         p = p if p.is_absolute() else path.parent / p
-        c = -1 if clean[i] == "-1" else to_id(clean[i], i)
-        splits.setdefault(split[i], []).append((make_key(cols["path"][i]), to_id(labels[i], i), c, str(p)))
+        c = to_id(clean[i], i, "clean_label") if clean[i] else -1
+        splits.setdefault(split[i], []).append((make_key(cols["path"][i]), to_id(labels[i], i, "label"), c, str(p)))
     if "val" not in splits and val_fraction > 0 and "train" in splits:
         splits["train"], splits["val"] = carve_val(splits["train"], val_fraction, seed)
     return Source(classes, splits, augment={"size": 224, "crop": "random_resized", "flip": True})
@@ -169,3 +205,11 @@ def check_unique_keys(src: Source) -> None:
             seen.add(key)
 
 
+def check_labels(src: Source) -> None:
+    """Every given label names a class; every clean label too, or is -1 (unknown)."""
+    k = len(src.classes)
+    for split, recs in src.splits.items():
+        for key, label, clean, _ in recs:
+            if not 0 <= label < k or not -1 <= clean < k:
+                bad = label if not 0 <= label < k else clean
+                raise DataError(f"{split} sample {key!r}: label {bad} is outside the {k} classes")

@@ -22,6 +22,7 @@ from pipeline.shards import DataError, Part  # noqa: E402
 from train import checkpoint, config, setup  # noqa: E402
 from train.loop import Run, fit  # noqa: E402
 from train.objectives import make_objective  # noqa: E402
+from train.report import write_curves  # noqa: E402
 
 USER_ERRORS = (config.ConfigError, DataError, ModelError, checkpoint.CheckpointError)
 
@@ -83,6 +84,7 @@ def main(argv=None) -> int:
         with open(out / "skipped.jsonl", "w") as f:
             for shard, key, reason, epoch in run.skipped:
                 f.write(json.dumps({"shard": shard, "key": key, "reason": reason, "epoch": epoch}) + "\n")
+        write_curves(out)                     # curves.png + summary.csv from metrics.jsonl
         acc.print(f"done: best val {final['best_val_acc']:.4f} at epoch {final['best_epoch']}, "
                   f"test {final['test_acc']}, last test {final['test_acc_last']}")
     acc.end_training()

@@ -35,8 +35,8 @@ class Run:
 def train_epoch(run: Run, epoch: int) -> dict:
     cfg, acc, model = run.cfg, run.accelerator, run.model
     model.train()
-    meter, seen, wait, t0 = Meter(acc.device), 0, 0.0, time.perf_counter()
-    bar = tqdm(total=run.steps_per_epoch, desc=f"epoch {epoch}", disable=not acc.is_main_process, leave=False)
+    meter, wait, t0 = Meter(acc.device), 0.0, time.perf_counter()
+    bar = tqdm(total=run.loaders["train"].steps(epoch), desc=f"epoch {epoch}", disable=not acc.is_main_process, leave=False)
     step = epoch * run.steps_per_epoch
     t_wait = time.perf_counter()
     for batch in run.loaders["train"](epoch):
@@ -52,13 +52,14 @@ def train_epoch(run: Run, epoch: int) -> dict:
         with acc.autocast():
             out = model(b.images)
             loss, _ = run.objective(out, b.labels)
-        acc.backward(loss)
+        acc.backward(loss * 0 if b.pad else loss)     # a pad step only keeps DDP ranks in step
         if cfg.clip_grad:
             acc.clip_grad_norm_(model.parameters(), cfg.clip_grad)
         run.optimizer.step()
         run.optimizer.zero_grad(set_to_none=True)
-        meter.update(out.logits, b.labels, b.clean, loss)
-        seen, step = seen + len(b.labels), step + 1
+        if not b.pad:
+            meter.update(out.logits, b.labels, b.clean, loss)
+        step += 1
         bar.update()
         t_wait = time.perf_counter()
     bar.close()

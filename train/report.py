@@ -1,0 +1,201 @@
+"""The pictures and tables people look at: learning curves and a per-epoch summary.csv for a
+run (written at the end of training), and for tools/rank_labels.py the detection metrics
+(ROC AUC, average precision) and the grid of suspect labels.
+
+    python -m train.report RUN_DIR      # (re)draw RUN_DIR/curves.png and summary.csv"""
+import csv
+import io
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+# summary.csv's leading columns (timm-like); any other metric follows in first-seen order
+CSV_FIRST = ("epoch", "train_loss", "train_acc", "train_acc_clean", "train_acc_flipped", "train_acc_kept",
+             "val_acc", "val_acc_clean", "test_acc", "test_acc_clean", "lr")
+CURVES = (("train_acc", "train, given labels"), ("train_acc_clean", "train, clean labels"),
+          ("train_acc_flipped", "train, flipped samples (memorized)"), ("val_acc", "val (noisy labels)"),
+          ("test_acc", "test (clean labels)"))
+
+
+def _pyplot():
+    import matplotlib
+    matplotlib.use("Agg")              # files only; never a display
+    import matplotlib.pyplot as plt
+    return plt
+
+
+# ---- learning curves ----
+
+def read_metrics(path: Path) -> list[dict]:
+    """metrics.jsonl rows by epoch; a resumed run's repeated epoch keeps its last row."""
+    by_epoch = {}
+    for line in Path(path).read_text().splitlines():
+        if line.strip():
+            row = json.loads(line)
+            by_epoch[row["epoch"]] = row
+    return [by_epoch[e] for e in sorted(by_epoch)]
+
+
+def write_summary_csv(rows: list[dict], path: Path) -> None:
+    cols = [c for c in CSV_FIRST if any(c in r for r in rows)]
+    for r in rows:
+        cols += [k for k in r if k not in cols]
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=cols, restval="", extrasaction="ignore")
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: ("" if v is None else v) for k, v in r.items()})
+
+
+def plot_curves(rows: list[dict], path: Path, title: str = "") -> None:
+    plt = _pyplot()
+    from matplotlib.ticker import MaxNLocator
+    epochs = [r["epoch"] for r in rows]
+    col = lambda k: [np.nan if r.get(k) is None else r[k] for r in rows]  # noqa: E731
+    fig, (ax, lx) = plt.subplots(1, 2, figsize=(11, 4))
+    for key, label in CURVES:
+        if any(r.get(key) is not None for r in rows):
+            ax.plot(epochs, col(key), marker="o", markersize=3, label=label)
+    ax.set(xlabel="epoch", ylabel="accuracy", ylim=(0, 1.02), title=title or "accuracy")
+    for a in (ax, lx):
+        a.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    lx.plot(epochs, col("train_loss"), marker="o", markersize=3, color="black")
+    lx.set(xlabel="epoch", ylabel="train loss", title="training objective")
+    lx.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def write_curves(run_dir) -> Path | None:
+    """RUN_DIR/metrics.jsonl -> RUN_DIR/curves.png and RUN_DIR/summary.csv; None without metrics."""
+    run_dir = Path(run_dir)
+    if not (run_dir / "metrics.jsonl").is_file():
+        return None
+    rows = read_metrics(run_dir / "metrics.jsonl")
+    if not rows:
+        return None
+    write_summary_csv(rows, run_dir / "summary.csv")
+    title = ""
+    if (run_dir / "config.json").is_file():
+        cfg = json.loads((run_dir / "config.json").read_text())
+        title = f"{cfg.get('method')} {cfg.get('model')}, noise {cfg.get('noise')}"
+    plot_curves(rows, run_dir / "curves.png", title)
+    return run_dir / "curves.png"
+
+
+# ---- detection metrics ----
+
+def average_ranks(x: np.ndarray) -> np.ndarray:
+    """1-based ascending ranks, tied values sharing their average rank."""
+    order = np.argsort(x, kind="mergesort")
+    xs = x[order]
+    new = np.r_[True, xs[1:] != xs[:-1]]
+    starts = np.flatnonzero(new)
+    ends = np.r_[starts[1:], len(x)]
+    r = np.empty(len(x), dtype=np.float64)
+    r[order] = ((starts + 1 + ends) / 2.0)[np.cumsum(new) - 1]
+    return r
+
+
+def roc_auc(score: np.ndarray, positive: np.ndarray) -> float | None:
+    """Mann-Whitney U / (n_pos n_neg): P(score_pos > score_neg) + P(tie)/2."""
+    n_pos = int(positive.sum())
+    n_neg = len(positive) - n_pos
+    if not n_pos or not n_neg:
+        return None
+    r = average_ranks(np.asarray(score, dtype=np.float64))
+    return float((r[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def average_precision(score: np.ndarray, positive: np.ndarray) -> float | None:
+    """sum_n (R_n - R_{n-1}) P_n over distinct thresholds (scikit-learn's definition)."""
+    if not positive.any():
+        return None
+    order = np.argsort(-np.asarray(score, dtype=np.float64), kind="mergesort")
+    s, y = score[order], positive[order]
+    last = np.r_[np.flatnonzero(s[1:] != s[:-1]), len(s) - 1]   # end of each tie group
+    tp = np.cumsum(y)[last]
+    precision = tp / (last + 1)
+    recall = tp / tp[-1]
+    return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
+
+
+def detection_summary(score: np.ndarray, given: np.ndarray, clean: np.ndarray) -> dict:
+    """How well the scores find the wrong labels, on the samples whose clean label is known."""
+    known = clean >= 0
+    s, wrong = score[known].astype(np.float64), (given != clean)[known]
+    k = int(wrong.sum())
+    out = {"n": int(len(score)), "n_known": int(known.sum()), "n_wrong": k,
+           "frac_wrong": k / len(s) if len(s) else None, "roc_auc": roc_auc(s, wrong),
+           "average_precision": average_precision(s, wrong), "k": k,
+           "precision_at_k": None, "threshold": None}
+    if k:
+        top = np.argsort(-s, kind="mergesort")[:k]
+        out["precision_at_k"] = float(wrong[top].mean())
+        out["threshold"] = float(s[top[-1]])
+    return out
+
+
+# ---- the suspect grid ----
+
+def read_images(shard_dir: Path, wanted: dict) -> dict:
+    """{(shard, key): PIL image} for the wanted {shard: {keys}}, reading only those shards."""
+    from PIL import Image
+
+    from pipeline.tario import iter_tar
+    found = {}
+    for shard, keys in wanted.items():
+        left = set(keys)
+        try:
+            with open(shard_dir / shard, "rb") as f:
+                for name, data in iter_tar(f):
+                    prefix, _, base = name.rpartition("/")
+                    key, _, ext = base.partition(".")
+                    key = f"{prefix}/{key}" if prefix else key
+                    if key in left and ext in ("jpg", "png"):
+                        found[(shard, key)] = Image.open(io.BytesIO(data)).convert("RGB")
+                        left.discard(key)
+                        if not left:
+                            break
+        except (OSError, ValueError, EOFError):
+            continue                   # a moved or damaged shard leaves its tiles blank
+    return found
+
+
+def draw_suspects(path: Path, tiles: list, classes: list, shard_dir: Path, per_class: int) -> None:
+    """tiles: [(manifest record, given, predicted)], grouped by given class, most suspicious
+    first: one row per class, captioned "given -> predicted"."""
+    plt = _pyplot()
+    rows = sorted({g for _, g, _ in tiles})
+    wanted = {}
+    for rec, _, _ in tiles:
+        wanted.setdefault(rec["shard"], set()).add(rec["key"])
+    images = read_images(Path(shard_dir), wanted)
+    cols = max(1, per_class)
+    fig, axes = plt.subplots(max(1, len(rows)), cols, figsize=(1.3 * cols, 1.45 * max(1, len(rows))),
+                             squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    col_of = {g: 0 for g in rows}
+    for rec, g, p in tiles:
+        ax = axes[rows.index(g), col_of[g]]
+        col_of[g] += 1
+        img = images.get((rec["shard"], rec["key"]))
+        if img is not None:
+            ax.imshow(np.asarray(img))
+        ax.set_title(f"{classes[g]} -> {classes[p]}", fontsize=7, color="red" if g != p else "black")
+    if not tiles:
+        axes[0, 0].text(0.5, 0.5, "no samples", ha="center", va="center")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    for run in sys.argv[1:]:
+        print(write_curves(run))
