@@ -42,6 +42,18 @@ def resolve(train, val=None, test=None) -> Dataset:
     return Dataset(card, card_path, urls)
 
 
+def choose_backend(name: str) -> tuple[str, str]:
+    """-> (backend, why). auto: DALI when it can decode on a GPU, else the CPU workers."""
+    from pipeline import dali
+    if name == "dali" and not dali.dali_available():
+        raise DataError(dali.INSTALL)
+    if name == "auto":
+        if dali.gpu_decode_available():
+            return "dali", "auto: DALI with GPU (mixed) decoding"
+        return "cpu", "auto: CPU workers (" + ("no GPU" if dali.dali_available() else "DALI not installed") + ")"
+    return name, name
+
+
 def subset_mask(ds: Dataset, n: int, seed: int) -> np.ndarray | None:
     """A seeded choice of n train samples (by global index, from the manifest), so the same
     subset is read by every backend, rank and resume."""
@@ -93,7 +105,7 @@ class Loader:
         """Batches every rank yields this epoch: the most any rank has, so that all ranks take
         the same number of DDP steps (a rank that runs dry would hang the others)."""
         order = shards.epoch_order(self.urls, self.spec.seed, epoch, shuffle=self.spec.train)
-        w = max(1, self.workers)
+        w = 1 if self.backend == "dali" else max(1, self.workers)   # DALI: one stream per rank
         per_rank = [sum(worker_batches(sum(self.sizes.get(Path(u).name, 0) for u in shards.for_worker(mine, i, w)),
                                        self.spec.batch_size) for i in range(w))
                     for mine in (shards.for_rank(order, Part(r, self.part.world)) for r in range(self.part.world))]

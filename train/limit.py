@@ -48,10 +48,11 @@ def main(argv=None) -> int:
     ds = data.resolve(cfg.data, cfg.val_data, cfg.test_data)
     aug = data.spec_from_card(ds.card, cfg.image_size)
     part = Part(acc.process_index, acc.num_processes)
+    backend, backend_note = data.choose_backend(cfg.backend)
     keep = data.subset_mask(ds, cfg.max_train_samples, cfg.seed)
     loaders = data.build_loaders(ds, aug, batch_size=cfg.batch_size, workers=cfg.workers, seed=cfg.seed,
                                  noise=data.noise_table(ds, cfg.noise, cfg.noise_pairs, cfg.noise_seed),
-                                 keep=keep, part=part, backend=cfg.backend)
+                                 keep=keep, part=part, backend=backend)
     n_train = int(keep.sum()) if keep is not None else ds.card["splits"]["train"]["count"]
     steps = math.ceil(n_train / (cfg.batch_size * acc.num_processes))
     # ---- model ----
@@ -71,7 +72,7 @@ def main(argv=None) -> int:
             (out / "metrics.jsonl").unlink(missing_ok=True)   # a fresh run starts a fresh log
         (out / "config.json").write_text(cfg.to_json() + "\n")
         acc.print(f"{cfg.method} on {len(ds.classes)} classes, {n_train} train samples, "
-                  f"{steps} steps/epoch, backend {cfg.backend}, device {acc.device}, "
+                  f"{steps} steps/epoch, backend {backend_note}, device {acc.device}, "
                   f"precision {acc.mixed_precision}" + (f"; init {init_note}" if init_note else ""))
     if cfg.log_with:
         acc.init_trackers("limit", config={k: str(v) for k, v in vars(cfg).items()})
