@@ -130,7 +130,8 @@ class Loader:
 
     def _batches(self, epoch: int):
         order = shards.epoch_order(self.urls, self.spec.seed, epoch, shuffle=self.spec.train)
-        mine = shards.for_rank(order, self.part)
+        # evaluation has no collective inside the loop, so a rank may have no shard there
+        mine = shards.for_rank(order, self.part) if self.spec.train else order[self.part.rank::self.part.world]
         if self.backend == "dali":
             from pipeline.dali import dali_batches
             source = dali_batches(mine, self.spec, self.n_classes, epoch, self.workers, self.part.rank, self.keep)
