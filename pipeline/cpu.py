@@ -93,12 +93,25 @@ def shuffle(items, bufsize: int, rng: random.Random):
     yield from buf
 
 
-def decode(items, spec: ReadSpec, skips: list, rng: random.Random):
+def sample_rng(seed: int, epoch: int, index: int) -> random.Random:
+    """Augmentation randomness per sample: the same crop for a sample whatever the worker
+    count, and a resumed epoch can skip samples without replaying their draws."""
+    return random.Random((seed * 1_000_003 + epoch) * 4_294_967_311 + index)
+
+
+def skip_items(items, n: int):
+    """Drop the first n items (a resumed epoch: they were trained on before the stop)."""
+    for i, item in enumerate(items):
+        if i >= n:
+            yield item
+
+
+def decode(items, spec: ReadSpec, skips: list, epoch: int = 0):
     """-> (uint8 HWC array, label, index, clean)."""
     for s, label, index, clean in items:
         data = records.image_member(s)[1]
         try:
-            arr = (augment.train_image(data, spec.aug, rng) if spec.train
+            arr = (augment.train_image(data, spec.aug, sample_rng(spec.seed, epoch, index)) if spec.train
                    else augment.eval_image(data, spec.aug))
         except DATA_ERRORS as e:
             skips.append((s["__url__"], s["__key__"], f"bad image: {type(e).__name__}: {e}"))
@@ -109,8 +122,7 @@ def decode(items, spec: ReadSpec, skips: list, rng: random.Random):
 def batched(items, batch_size: int, skips: list):
     """-> (images uint8 (B, C, H, W), labels, clean, index, skipped); the last batch may be
     short, but never a single sample (BatchNorm cannot train on one): a lone tail sample
-    joins the batch before it. Skip records ride along with the next batch (or an empty one
-    at the end)."""
+    joins the batch before it. Skip records ride along with the next batch."""
     buf, pending = [], None
     for item in items:
         buf.append(item)
@@ -122,7 +134,7 @@ def batched(items, batch_size: int, skips: list):
         pending, buf = pending + buf, []
     if pending:
         yield _collate(pending, skips)
-    if buf or skips:
+    if buf:
         yield _collate(buf, skips)
 
 
@@ -140,12 +152,15 @@ def _collate(buf, skips):
 
 class ShardStream(IterableDataset):
     """One epoch over this rank's shards; each DataLoader worker takes every W-th shard.
-    Randomness is a function of (seed, epoch, rank, worker) only."""
+    Randomness is a function of (seed, epoch, rank, worker) only. Batches are tagged
+    (worker, n) so the main process can put them in one fixed order and record how far each
+    worker got; a last marker (n = -1) carries the worker's remaining skip records.
+    `skip[w]` batches of worker w are passed over undecoded (resuming inside an epoch)."""
 
     def __init__(self, urls, spec: ReadSpec, n_classes: int, epoch: int, rank: int = 0,
-                 keep: np.ndarray | None = None):
+                 keep: np.ndarray | None = None, skip: dict | None = None):
         self.urls, self.spec, self.n_classes = urls, spec, n_classes
-        self.epoch, self.rank, self.keep = epoch, rank, keep
+        self.epoch, self.rank, self.keep, self.skip = epoch, rank, keep, skip or {}
 
     def __iter__(self):
         info = get_worker_info()
@@ -156,15 +171,19 @@ class ShardStream(IterableDataset):
         items = parse(items, skips, self.n_classes, self.keep)
         if self.spec.train:
             items = shuffle(items, self.spec.shuffle_buffer, rng)
-        items = decode(items, self.spec, skips, rng)
-        yield from batched(items, self.spec.batch_size, skips)
+        first = self.skip.get(worker, 0)
+        items = decode(skip_items(items, first * self.spec.batch_size), self.spec, skips, self.epoch)
+        for n, batch in enumerate(batched(items, self.spec.batch_size, skips), start=first):
+            yield (*batch, worker, n)
+        yield (*_collate([], skips), worker, -1)
 
 
 def cpu_batches(urls, spec: ReadSpec, n_classes: int, epoch: int, workers: int, rank: int = 0,
-                keep=None):
-    """Iterate (images, labels, clean, index, skipped) tuples for one epoch."""
-    ds = ShardStream(urls, spec, n_classes, epoch, rank, keep)
+                keep=None, skip: dict | None = None):
+    """Iterate (images, labels, clean, index, skipped, worker, n) tuples for one epoch."""
+    ds = ShardStream(urls, spec, n_classes, epoch, rank, keep, skip)
     loader = DataLoader(ds, batch_size=None, num_workers=workers,
                         pin_memory=torch.cuda.is_available(),
-                        prefetch_factor=4 if workers else None)
+                        prefetch_factor=4 if workers else None,
+                        generator=torch.Generator().manual_seed(spec.seed))  # not the global RNG
     yield from loader

@@ -1,6 +1,7 @@
 """From flags to batches: resolve the shards and the card, then yield one split's `Batch`es
 for an epoch with label noise applied, whatever the decode backend. The training loop only
 ever sees `loader(epoch)`."""
+from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -111,20 +112,25 @@ class Loader:
                     for mine in (shards.for_rank(order, Part(r, self.part.world)) for r in range(self.part.world))]
         return max(per_rank)
 
-    def __call__(self, epoch: int):
+    def __call__(self, epoch: int, start: dict | None = None):
         """This rank's batches; under DDP training, padded with zero-weight repeats up to
-        steps(epoch). Padding is bounded by the largest rank's surplus and never counted."""
+        steps(epoch). Padding is bounded by the largest rank's surplus and never counted.
+        `start` ({worker: batches consumed}, a saved `position`) resumes inside the epoch;
+        `self.position` tracks the same for what has been yielded so far."""
+        self.position = {int(k): v for k, v in (start or {}).items()}
         batches = self._batches(epoch)
         if self.part.world == 1 or not self.spec.train:
             yield from batches
             return
-        steps, taken, last = self.steps(epoch), 0, None
+        steps, taken, last = self.steps(epoch), sum(self.position.values()), None
         for batch in batches:
-            if taken == steps:          # more than the card promised: keep ranks in step
-                batch.skipped.append(("", "", "surplus batch beyond the card's counts"))
-                continue
+            if len(batch) and taken == steps:   # more than the card promised: keep ranks in step
+                batch = Batch(batch.images[:0], batch.labels[:0], batch.clean[:0], batch.index[:0],
+                              batch.skipped + [("", "", "surplus batch beyond the card's counts")])
             taken, last = taken + (len(batch) > 0), batch if len(batch) else last
             yield batch
+        if taken < steps and last is None:
+            raise DataError(f"rank {self.part.rank} read no sample this epoch: cannot keep DDP ranks in step")
         for _ in range(steps - taken):
             yield Batch(last.images, last.labels, last.clean, last.index, [], pad=True)
 
@@ -135,11 +141,39 @@ class Loader:
         if self.backend == "dali":
             from pipeline.dali import dali_batches
             source = dali_batches(mine, self.spec, self.n_classes, epoch, self.workers, self.part.rank, self.keep)
+            source = ((*b, 0, n) for n, b in enumerate(source) if n >= self.position.get(0, 0))
+            streams = 1
         else:
-            source = cpu_batches(mine, self.spec, self.n_classes, epoch, self.workers, self.part.rank, self.keep)
-        for images, labels, clean, index, skipped in source:
-            given = self.noise.apply(labels, index) if self.noise is not None else labels
+            source = cpu_batches(mine, self.spec, self.n_classes, epoch, self.workers, self.part.rank,
+                                 self.keep, skip=self.position)
+            streams = max(1, self.workers)
+        for images, labels, clean, index, skipped, worker, n in round_robin(source, streams):
+            given = self.noise.apply(labels, index) if self.noise is not None and len(labels) else labels
+            if n >= 0:
+                self.position[worker] = n + 1
+            elif not skipped:
+                continue                    # a bare end marker: nothing to report
             yield Batch(images, given, clean, index, skipped)
+
+
+def round_robin(tagged, streams: int):
+    """Put (..., worker, n) batches in one fixed order, n-major then worker (what the
+    DataLoader does for a fresh epoch), whatever the order they arrive in: after a resume,
+    workers start at different n. An end marker (n = -1) passes at once."""
+    pending: dict[int, deque] = {w: deque() for w in range(streams)}
+    live = set(range(streams))
+    for item in tagged:
+        worker, n = item[-2], item[-1]
+        if n < 0:
+            live.discard(worker)
+            yield item
+        else:
+            pending[worker].append(item)
+        while pending and all(pending[w] for w in live) and any(pending.values()):
+            w = min((q[0][-1], w) for w, q in pending.items() if q)[1]
+            yield pending[w].popleft()
+    rest = sorted((it for q in pending.values() for it in q), key=lambda it: (it[-1], it[-2]))
+    yield from rest
 
 
 def build_loaders(ds: Dataset, aug: AugSpec, *, batch_size: int, workers: int, seed: int,

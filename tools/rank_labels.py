@@ -9,11 +9,9 @@ table and subset, so the given labels are exactly those the run trained on.
 
 Writes OUT/label_scores.parquet, OUT/summary.json, OUT/suspects.png and, with --top K,
 OUT/suspects.csv. A missing run or checkpoint prints one line and exits with code 2."""
-import argparse
 import json
 import os
 import sys
-from contextlib import contextmanager
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -32,28 +30,27 @@ from pipeline.batch import to_device  # noqa: E402
 from pipeline.cpu import ReadSpec  # noqa: E402
 from pipeline.shards import DataError, Part  # noqa: E402
 from train import checkpoint, config, setup  # noqa: E402
-from train.report import detection_summary, draw_suspects  # noqa: E402
+from train.report import detection_summary, draw_suspects, grid_rows, write_suspects_csv  # noqa: E402
 
 USER_ERRORS = (config.ConfigError, DataError, ModelError, checkpoint.CheckpointError)
 SCHEMA = pa.schema([("key", pa.string()), ("index", pa.int64()), ("shard", pa.string()),
                     ("label", pa.int64()), ("clean_label", pa.int64()), ("score", pa.float32()),
                     ("rank", pa.int64()), ("classifier_pred", pa.int64()), ("predictor_pred", pa.int64())])
-
-
 DTYPES = {"index": np.int64, "label": np.int32, "clean": np.int32, "score": np.float32,
           "classifier_pred": np.int32, "predictor_pred": np.int32}
 
 
 @dataclass
 class Scores:
-    """Numeric columns only (28 bytes a row: 28 MB for 1M samples); keys, shards and paths
-    stay in the manifest and are joined in chunks when writing."""
-    index: np.ndarray            # int64 global sample index
-    label: np.ndarray            # int32 given label (after the run's noise)
-    clean: np.ndarray            # int32 clean label, -1 unknown
-    score: np.ndarray            # float32
-    classifier_pred: np.ndarray  # int32
-    predictor_pred: np.ndarray   # int32, -1 without a predictor
+    """Numeric columns only (DTYPES: 28 bytes a row); keys, shards and paths stay in the
+    manifest and are joined chunk by chunk when writing. label = given (after the run's
+    noise); clean and predictor_pred are -1 where unknown / without a predictor."""
+    index: np.ndarray
+    label: np.ndarray
+    clean: np.ndarray
+    score: np.ndarray
+    classifier_pred: np.ndarray
+    predictor_pred: np.ndarray
 
     def __len__(self):
         return len(self.index)
@@ -68,14 +65,12 @@ class Collector:
         self.cols = {k: np.empty(max(capacity, 1024), dt) for k, dt in DTYPES.items()}
 
     def add(self, **cols):
-        vals = {k: v.cpu().numpy() if torch.is_tensor(v) else np.asarray(v) for k, v in cols.items()}
-        m = len(vals["index"])
+        m = len(cols["index"])
         if self.n + m > len(self.cols["index"]):
             size = max(2 * len(self.cols["index"]), self.n + m)
-            for k, a in self.cols.items():
-                self.cols[k] = np.resize(a, size)
-        for k, v in vals.items():
-            self.cols[k][self.n:self.n + m] = v
+            self.cols = {k: np.resize(a, size) for k, a in self.cols.items()}
+        for k, v in cols.items():
+            self.cols[k][self.n:self.n + m] = v.cpu().numpy() if torch.is_tensor(v) else v
         self.n += m
 
     def result(self) -> Scores:
@@ -91,8 +86,6 @@ def score_outputs(logits, aux, given, norm: str) -> dict:
             "predictor_pred": aux.argmax(1)}
 
 
-# ---- ranking and the memory-bounded writer ----
-
 def ranks(s: Scores) -> np.ndarray:
     """1 = most suspicious; ties broken by the lower index, so the order is reproducible."""
     order = np.lexsort((s.index, -s.score))
@@ -101,30 +94,19 @@ def ranks(s: Scores) -> np.ndarray:
     return r
 
 
-def grid_rows(s: Scores, rank: np.ndarray, per_class: int, n_classes: int, max_classes: int = 30) -> np.ndarray:
-    """Row numbers of the top `per_class` scores of each given class (at most max_classes)."""
-    picked = []
-    for c in range(min(n_classes, max_classes)):
-        rows = np.flatnonzero(s.label == c)
-        picked.append(rows[np.argsort(rank[rows])[:per_class]])
-    return np.concatenate(picked) if picked else np.zeros(0, np.int64)
-
-
 def write_scores(s: Scores, rank: np.ndarray, manifest: Path, out: Path, top_k: int = 0,
                  extra_rows=(), group_rows: int = 65536) -> dict:
-    """Write label_scores.parquet in manifest order, joining key and shard chunk by chunk.
-
-    Memory: the numeric columns (Scores, 28 bytes a row), the rank (4), a row-of-index
-    lookup (4 per dataset index) and one manifest chunk; never a Python object per row of
-    the split. The global rank needs only the score column, so it is computed (`ranks`)
-    before writing. Returns {row: manifest record} for the top_k rows and `extra_rows`."""
+    """label_scores.parquet in manifest order, key and shard joined chunk by chunk. Memory:
+    Scores (28 bytes a row), rank (4), a row-of-index lookup (4 per dataset index) and one
+    manifest chunk; never a Python object per row of the split (the global rank needs only
+    the scores). Returns {row: manifest record} for the top_k rows and `extra_rows`."""
     row_of = np.full(int(s.index.max()) + 1 if len(s) else 0, -1, dtype=np.int32)
     row_of[s.index] = np.arange(len(s), dtype=np.int32)
     wanted = rank <= top_k
     wanted[np.asarray(extra_rows, dtype=np.int64)] = True
     records, written, pending = {}, 0, []
     cols = [c for c in ("key", "shard", "index", "source") if c in pq.read_schema(manifest).names]
-    with _system_pool(), pq.ParquetWriter(out, SCHEMA, use_dictionary=["shard"]) as writer:
+    with pq.ParquetWriter(out, SCHEMA, use_dictionary=["shard"]) as writer:
         for chunk, sel, r in _joined(manifest, cols, row_of):
             pending.append(_table(chunk, sel, r, s, rank))
             written += len(sel)
@@ -140,22 +122,9 @@ def write_scores(s: Scores, rank: np.ndarray, manifest: Path, out: Path, top_k: 
     return records
 
 
-@contextmanager
-def _system_pool():
-    """malloc for Arrow while streaming: its default mimalloc pool kept ~25 MB more resident
-    for the same 8k-row chunks (measured with tools/bench_rank_memory.py)."""
-    old = pa.default_memory_pool()
-    pa.set_memory_pool(pa.system_memory_pool())
-    try:
-        yield
-    finally:
-        pa.set_memory_pool(old)
-
-
 def _joined(manifest: Path, cols: list, row_of: np.ndarray, rows: int = 8192):
-    """(manifest chunk, positions in it, scored rows) for chunks holding scored samples. The
-    manifest is decoded page by page (buffered, no pre-buffering): make_shards writes one
-    row group per million samples, which read whole costs ~100 bytes a row."""
+    """(manifest chunk, positions in it, scored rows), decoded page by page: make_shards
+    writes one row group per million samples, which read whole costs ~100 bytes a row."""
     f = pq.ParquetFile(manifest, buffer_size=1 << 20, pre_buffer=False)
     for chunk in f.iter_batches(batch_size=rows, columns=cols, use_threads=False):
         idx = chunk.column("index").to_numpy()
@@ -177,16 +146,11 @@ def _table(chunk, sel, r, s: Scores, rank) -> pa.Table:
                      "predictor_pred": pa.array(pp.astype(np.int64), mask=pp < 0)}, schema=SCHEMA)
 
 
-def write_suspects_csv(path: Path, s: Scores, rank, records: dict, classes, top_k: int) -> None:
-    import csv
+def suspect_rows(s: Scores, rank, records: dict, classes, top_k: int) -> list[dict]:
+    """suspects.csv's rows, most suspicious first."""
     rows = sorted((int(rank[r]), r) for r in records if rank[r] <= top_k)
-    with open(path, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["rank", "key", "index", "shard", "source", "given", "predicted", "score"])
-        for k, r in rows:
-            rec = records[r]
-            w.writerow([k, rec["key"], int(s.index[r]), rec["shard"], rec.get("source", ""),
-                        classes[s.label[r]], classes[_suggested(s, r)], f"{s.score[r]:.6g}"])
+    return [{**records[r], "rank": k, "index": int(s.index[r]), "given": classes[s.label[r]],
+             "predicted": classes[_suggested(s, r)], "score": f"{s.score[r]:.6g}"} for k, r in rows]
 
 
 def _suggested(s: Scores, r) -> int:
@@ -194,13 +158,12 @@ def _suggested(s: Scores, r) -> int:
     return int(s.predictor_pred[r]) if s.predictor_pred[r] >= 0 else int(s.classifier_pred[r])
 
 
-# ---- the run: config, data, model ----
-
 def load_run(args):
     run = Path(args.run)
     if not (run / "config.json").is_file():
         raise config.ConfigError(f"--run {run}: no config.json (not a training run folder)")
-    cfg = config.Config(**json.loads((run / "config.json").read_text()))
+    saved = json.loads((run / "config.json").read_text())   # keys of other versions are dropped
+    cfg = config.Config(**{f.name: saved[f.name] for f in fields(config.Config) if f.name in saved})
     if args.data:                      # shards moved: the other splits come from the card
         cfg.data, cfg.val_data, cfg.test_data = list(args.data), None, None
     cfg.pretrained, cfg.init_from = "", ""   # weights come from the checkpoint
@@ -258,19 +221,18 @@ def score_split(model, ld, norm, device, cfg, total, show: bool) -> tuple[Scores
 
 
 def gather(acc, s: Scores, out: Path) -> Scores | None:
-    """Under accelerate with several processes: every rank scored its own shards; the main
-    process concatenates them (numeric arrays only, through files in OUT)."""
+    """Several processes: each scored its own shards; the main one concatenates (via OUT)."""
     if acc.num_processes == 1:
         return s
     np.savez(out / f".scores-{acc.process_index}.npz", **vars(s))
     acc.wait_for_everyone()
     if not acc.is_main_process:
         return None
-    parts = [np.load(out / f".scores-{r}.npz") for r in range(acc.num_processes)]
-    merged = Scores(**{f.name: np.concatenate([p[f.name] for p in parts]) for f in fields(Scores)})
-    for r in range(acc.num_processes):
-        (out / f".scores-{r}.npz").unlink()
-    return merged
+    paths = [out / f".scores-{r}.npz" for r in range(acc.num_processes)]
+    parts = [dict(np.load(p)) for p in paths]
+    for p in paths:
+        p.unlink()
+    return Scores(**{f.name: np.concatenate([p[f.name] for p in parts]) for f in fields(Scores)})
 
 
 def parse_args(argv):
@@ -297,13 +259,14 @@ def main(argv=None) -> int:
     ds, aug, ld, total = build_loader(cfg, args, Part(acc.process_index, acc.num_processes))
     model = load_model(cfg, ckpt, len(ds.classes), aug.channels).to(acc.device)
     norm = (tuple(ds.card["normalize"]["mean"]), tuple(ds.card["normalize"]["std"]))
-    s, skipped = score_split(model, ld, norm, acc.device, cfg, total, acc.is_main_process)
+    mine = total if acc.num_processes == 1 else None      # this rank's share is not known
+    s, skipped = score_split(model, ld, norm, acc.device, cfg, mine, acc.is_main_process)
     s = gather(acc, s, out)
     if s is None:
         return 0
     method = f"predictor {cfg.predictor_loss}" if cfg.method == "limit" else "classifier mse"
     report(s, ds, out, args, {"method": method, "checkpoint": str(ckpt), "split": args.split,
-                              "n_skipped": skipped})
+                              "n_skipped": skipped, "device": str(acc.device)})
     return 0
 
 
@@ -312,12 +275,12 @@ def report(s: Scores, ds, out: Path, args, info: dict) -> dict:
     if not manifest.is_file():
         raise DataError(f"manifest not found: {manifest} (written beside the card by make_shards)")
     rank = ranks(s)
-    picks = grid_rows(s, rank, args.grid_per_class, len(ds.classes))
+    picks = grid_rows(s.label, rank, args.grid_per_class, len(ds.classes))
     records = write_scores(s, rank, manifest, out / "label_scores.parquet", args.top, picks)
     summary = {**detection_summary(s.score, s.label, s.clean), **info}
     (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
     if args.top:
-        write_suspects_csv(out / "suspects.csv", s, rank, records, ds.classes, args.top)
+        write_suspects_csv(out / "suspects.csv", suspect_rows(s, rank, records, ds.classes, args.top))
     tiles = [(records[int(r)], int(s.label[r]), _suggested(s, int(r))) for r in picks]
     draw_suspects(out / "suspects.png", tiles, ds.classes, ds.card_path.parent, args.grid_per_class)
     print(f"rank_labels: {len(s)} samples, roc_auc {summary['roc_auc']}, wrote {out}")

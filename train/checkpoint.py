@@ -31,7 +31,8 @@ def save(folder: Path, model, optimizer, meta: dict) -> None:
     if model.predictor is not None:
         save_file(_tensors(model.predictor), tmp / "predictor.safetensors")
     state = {"optimizer": optimizer.state_dict(), "torch_rng": torch.get_rng_state(),
-             "python_rng": list(random.getstate()[1]), "meta_epoch": meta.get("epoch", -1)}
+             "python_rng": list(random.getstate()[1]),
+             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
     torch.save(state, tmp / "train_state.pt")
     (tmp / "meta.json").write_text(json.dumps(meta, indent=1, sort_keys=True) + "\n")
     if folder.exists():
@@ -78,5 +79,18 @@ def load_train_state(folder: Path, model, optimizer) -> dict:
         raise CheckpointError(f"checkpoint {folder}: train_state.pt refused or damaged ({type(e).__name__})") from None
     optimizer.load_state_dict(state["optimizer"])
     torch.set_rng_state(state["torch_rng"])
+    if state.get("cuda_rng") and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda_rng"])
     random.setstate((3, tuple(state["python_rng"]), None))
     return meta
+
+
+def trim_logs(out: Path, epoch: int) -> None:
+    """Keep only the log lines of epochs before `epoch` (the resumed run writes the rest)."""
+    for name in ("metrics.jsonl", "skipped.jsonl"):
+        path = Path(out) / name
+        if path.exists():
+            lines = [ln for ln in path.read_text().splitlines() if json.loads(ln)["epoch"] < epoch]
+            tmp = path.with_name(name + ".tmp")
+            tmp.write_text("".join(ln + "\n" for ln in lines))
+            os.replace(tmp, path)

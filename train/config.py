@@ -59,6 +59,7 @@ class Config:
     out: str = opt("runs/run", "run folder: config.json, metrics.jsonl, final.json, checkpoints/")
     seed: int = opt(0, "seed of weights, augmentation, shuffling and the train subset")
     resume: str = opt("", "resume from a checkpoint folder, or 'auto' for OUT/checkpoints/last")
+    save_every: int = opt(0, "also checkpoint every N optimizer steps inside an epoch (0: epoch ends only)")
     log_with: str = opt("", "accelerate tracker, e.g. tensorboard (nothing is contacted unless asked)")
 
     def to_json(self) -> str:
@@ -86,7 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 POSITIVE = ("epochs", "batch_size", "lr")
-NON_NEGATIVE = ("workers", "image_size", "max_train_samples", "beta", "sigma", "weight_decay",
+NON_NEGATIVE = ("save_every", "workers", "image_size", "max_train_samples", "beta", "sigma", "weight_decay",
                 "warmup_epochs", "clip_grad")
 
 

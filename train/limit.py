@@ -62,14 +62,17 @@ def main(argv=None) -> int:
         model = model.to(memory_format=torch.channels_last)
     optimizer = setup.build_optimizer(cfg, model)
     model, optimizer = acc.prepare(model, optimizer)   # never the streaming loaders (design.md 5)
-    start, best = 0, None
+    start, resume = 0, None
     if cfg.resume:
         where = out / "checkpoints" / "last" if cfg.resume == "auto" else Path(cfg.resume)
-        meta = checkpoint.load_train_state(where, acc.unwrap_model(model), optimizer)
-        start, best = meta["epoch"] + 1, meta["best"]
+        resume = checkpoint.load_train_state(where, acc.unwrap_model(model), optimizer)
+        start = resume["epoch"] if resume.get("in_epoch") else resume["epoch"] + 1
+        if acc.is_main_process:
+            checkpoint.trim_logs(out, start)      # lines written after that checkpoint are redone
     if acc.is_main_process:
         if not cfg.resume:
-            (out / "metrics.jsonl").unlink(missing_ok=True)   # a fresh run starts a fresh log
+            for log in ("metrics.jsonl", "skipped.jsonl"):    # a fresh run starts fresh logs
+                (out / log).unlink(missing_ok=True)
         (out / "config.json").write_text(cfg.to_json() + "\n")
         acc.print(f"{cfg.method} on {len(ds.classes)} classes, {n_train} train samples, "
                   f"{steps} steps/epoch, backend {backend_note}, device {acc.device}, "
@@ -79,12 +82,11 @@ def main(argv=None) -> int:
     objective = make_objective(cfg)
     norm = (tuple(ds.card["normalize"]["mean"]), tuple(ds.card["normalize"]["std"]))
     run = Run(cfg, acc, model, optimizer, objective, loaders, norm, steps, out)
-    final = fit(run, start, best)
+    if resume:
+        run.step, run.best, run.n_skipped = resume["step"], resume["best"], resume["n_skipped"]
+    final = fit(run, start, resume if resume and resume.get("in_epoch") else None)
     if acc.is_main_process:
         (out / "final.json").write_text(json.dumps(final, indent=1) + "\n")
-        with open(out / "skipped.jsonl", "w") as f:
-            for shard, key, reason, epoch in run.skipped:
-                f.write(json.dumps({"shard": shard, "key": key, "reason": reason, "epoch": epoch}) + "\n")
         write_curves(out)                     # curves.png + summary.csv from metrics.jsonl
         acc.print(f"done: best val {final['best_val_acc']:.4f} at epoch {final['best_epoch']}, "
                   f"test {final['test_acc']}, last test {final['test_acc_last']}")

@@ -1,11 +1,13 @@
 """The training loop: one plain loop over epochs and steps; evaluation, logging and
-checkpointing in marked blocks."""
+checkpointing in marked blocks. A checkpoint inside an epoch (--save-every) records where each
+data worker stopped, so a resumed run takes exactly the same steps as an uninterrupted one."""
 import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from accelerate.utils import gather_object
 from tqdm import tqdm
 
 from pipeline.batch import to_device
@@ -24,43 +26,62 @@ class Run:
     objective: object
     loaders: dict                       # split -> pipeline.loader.Loader
     norm: tuple                         # (mean, std) of the dataset card
-    steps_per_epoch: int
+    steps_per_epoch: int                # for the LR schedule's length
     out: Path
-    skipped: list = field(default_factory=list)
+    step: int = 0                       # optimizer steps taken, all epochs
+    best: dict = field(default_factory=lambda: {"val_acc": -1.0})
+    skipped: list = field(default_factory=list)   # (shard, key, reason, epoch) this session
+    n_skipped: int = 0                  # skipped samples, resumed sessions included
 
     def device_batch(self, batch):
         return to_device(batch, self.accelerator.device, *self.norm, self.cfg.channels_last)
 
+    def note_skips(self, records, epoch):
+        self.skipped += [(*s, epoch) for s in records]
+        self.n_skipped += sum(1 for s in records if s[1])    # a key: one sample lost
 
-def train_epoch(run: Run, epoch: int) -> dict:
-    cfg, acc, model = run.cfg, run.accelerator, run.model
+    def save(self, name: str, meta: dict) -> None:
+        """All ranks call it (positions are gathered); the main process writes."""
+        meta = {**meta, "step": self.step, "best": self.best, "n_skipped": self.n_skipped,
+                "config": vars(self.cfg)}
+        if meta.get("in_epoch"):
+            meta["position"] = gather_object([self.loaders["train"].position])
+        if self.accelerator.is_main_process:
+            checkpoint.save(self.out / "checkpoints" / name, self.accelerator.unwrap_model(self.model),
+                            self.optimizer, meta)
+
+
+def train_epoch(run: Run, epoch: int, resume: dict | None = None) -> dict:
+    cfg, acc, model, loader = run.cfg, run.accelerator, run.model, run.loaders["train"]
     model.train()
     meter, wait, t0 = Meter(acc.device), 0.0, time.perf_counter()
-    bar = tqdm(total=run.loaders["train"].steps(epoch), desc=f"epoch {epoch}", disable=not acc.is_main_process, leave=False)
-    step = epoch * run.steps_per_epoch
+    if resume:                                             # inside an epoch: its sums so far
+        meter.sums += torch.tensor(resume["meter"], dtype=torch.float64, device=acc.device)
+    position = resume["position"][acc.process_index] if resume else None
+    bar = tqdm(total=loader.steps(epoch), desc=f"epoch {epoch}", disable=not acc.is_main_process, leave=False)
+    total, warmup = cfg.epochs * run.steps_per_epoch, int(cfg.warmup_epochs * run.steps_per_epoch)
     t_wait = time.perf_counter()
-    for batch in run.loaders["train"](epoch):
+    for batch in loader(epoch, start=position):
         wait += time.perf_counter() - t_wait
-        run.skipped += [(*s, epoch) for s in batch.skipped]
-        if len(batch) == 0:
-            t_wait = time.perf_counter()
-            continue
-        for g in run.optimizer.param_groups:     # schedule: a pure function of the step
-            g["lr"] = lr_at(step, cfg.epochs * run.steps_per_epoch,
-                            int(cfg.warmup_epochs * run.steps_per_epoch), cfg.lr, cfg.sched)
-        b = run.device_batch(batch)
-        with acc.autocast():
-            out = model(b.images)
-            loss, _ = run.objective(out, b.labels)
-        acc.backward(loss * 0 if b.pad else loss)     # a pad step only keeps DDP ranks in step
-        if cfg.clip_grad:
-            acc.clip_grad_norm_(model.parameters(), cfg.clip_grad)
-        run.optimizer.step()
-        run.optimizer.zero_grad(set_to_none=True)
-        if not b.pad:
-            meter.update(out.logits, b.labels, b.clean, loss)
-        step += 1
-        bar.update()
+        run.note_skips(batch.skipped, epoch)
+        if len(batch):
+            for g in run.optimizer.param_groups:      # schedule: a pure function of the step
+                g["lr"] = lr_at(run.step, total, warmup, cfg.lr, cfg.sched)
+            b = run.device_batch(batch)
+            with acc.autocast():
+                out = model(b.images)
+                loss, _ = run.objective(out, b.labels)
+            acc.backward(loss * 0 if b.pad else loss)    # a pad step only keeps DDP ranks in step
+            if cfg.clip_grad:
+                acc.clip_grad_norm_(model.parameters(), cfg.clip_grad)
+            run.optimizer.step()
+            run.optimizer.zero_grad(set_to_none=True)
+            if not b.pad:
+                meter.update(out.logits, b.labels, b.clean, loss)
+            run.step += 1
+            bar.update()
+            if cfg.save_every and run.step % cfg.save_every == 0:          # ---- mid-epoch save
+                run.save("last", {"epoch": epoch, "in_epoch": True, "meter": meter.sums.tolist()})
         t_wait = time.perf_counter()
     bar.close()
     wall = time.perf_counter() - t0
@@ -80,7 +101,7 @@ def evaluate(run: Run, split: str, epoch: int = 0) -> dict:
     model.eval()
     meter = Meter(run.accelerator.device)
     for batch in run.loaders[split](epoch):
-        run.skipped += [(*s, epoch) for s in batch.skipped]
+        run.note_skips(batch.skipped, epoch)
         if len(batch):
             b = run.device_batch(batch)
             with run.accelerator.autocast():
@@ -89,37 +110,44 @@ def evaluate(run: Run, split: str, epoch: int = 0) -> dict:
     return {f"{split}_acc": res["acc"], f"{split}_acc_clean": res["acc_clean"]}
 
 
-def fit(run: Run, start_epoch: int = 0, best: dict | None = None) -> dict:
-    """Train from start_epoch to cfg.epochs; returns final.json's content."""
+def fit(run: Run, start_epoch: int = 0, resume: dict | None = None) -> dict:
+    """Train from start_epoch (inside it when `resume` is a mid-epoch checkpoint's meta)."""
     cfg, acc = run.cfg, run.accelerator
-    best = best or {"val_acc": -1.0}
     t_start = time.perf_counter()
+    row = {}
     for epoch in range(start_epoch, cfg.epochs):
-        row = {"epoch": epoch, **train_epoch(run, epoch), **evaluate(run, "val", epoch),
-               **evaluate(run, "test", epoch)}
-        row["samples_skipped"] = len(run.skipped)
+        row = {"epoch": epoch, **train_epoch(run, epoch, resume if epoch == start_epoch else None),
+               **evaluate(run, "val", epoch), **evaluate(run, "test", epoch)}
+        row["samples_skipped"] = int(acc.reduce(torch.tensor(run.n_skipped, device=acc.device), "sum"))
         row["wall_s"] = time.perf_counter() - t_start
         row["lr"] = run.optimizer.param_groups[0]["lr"]
         # ---- select on the (noisy) validation split: the paper's protocol ----
         score = row.get("val_acc") if row.get("val_acc") is not None else -row["train_loss"]
-        improved = score > best["val_acc"]
+        improved = score > run.best["val_acc"]
         if improved:
-            best = {"val_acc": score, "epoch": epoch, "test_acc": row.get("test_acc")}
-        # ---- log and save (main process only) ----
+            run.best = {"val_acc": score, "epoch": epoch, "test_acc": row.get("test_acc")}
+        # ---- log, then save: a kill in between only repeats this epoch's log line ----
         if acc.is_main_process:
             with open(run.out / "metrics.jsonl", "a") as f:
                 f.write(json.dumps(row) + "\n")
-            meta = {"epoch": epoch, "metrics": row, "best": best, "config": vars(cfg)}
-            model = acc.unwrap_model(run.model)
-            checkpoint.save(run.out / "checkpoints" / "last", model, run.optimizer, meta)
-            if improved:
-                checkpoint.save(run.out / "checkpoints" / "best", model, run.optimizer, meta)
+            write_skips(run, epoch)
             acc.print(_line(row))
+        meta = {"epoch": epoch, "in_epoch": False, "metrics": row}
+        run.save("last", meta)
+        if improved:
+            run.save("best", meta)
         acc.log(row, step=epoch)
-    return {"best_val_acc": best["val_acc"], "best_epoch": best.get("epoch"),
-            "test_acc": best.get("test_acc"), "test_acc_last": row.get("test_acc"),
-            "epochs": cfg.epochs, "samples_skipped": len(run.skipped),
+    return {"best_val_acc": run.best["val_acc"], "best_epoch": run.best.get("epoch"),
+            "test_acc": run.best.get("test_acc"), "test_acc_last": row.get("test_acc"),
+            "epochs": cfg.epochs, "samples_skipped": row.get("samples_skipped", run.n_skipped),
             "wall_s": time.perf_counter() - t_start}
+
+
+def write_skips(run: Run, epoch: int) -> None:
+    with open(run.out / "skipped.jsonl", "a") as f:
+        for shard, key, reason, e in run.skipped:
+            f.write(json.dumps({"shard": shard, "key": key, "reason": reason, "epoch": e}) + "\n")
+    run.skipped.clear()
 
 
 def _line(row: dict) -> str:

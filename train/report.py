@@ -90,58 +90,76 @@ def write_curves(run_dir) -> Path | None:
 
 # ---- detection metrics ----
 
-def average_ranks(x: np.ndarray) -> np.ndarray:
-    """1-based ascending ranks, tied values sharing their average rank."""
-    order = np.argsort(x, kind="mergesort")
-    xs = x[order]
-    new = np.r_[True, xs[1:] != xs[:-1]]
-    starts = np.flatnonzero(new)
-    ends = np.r_[starts[1:], len(x)]
-    r = np.empty(len(x), dtype=np.float64)
-    r[order] = ((starts + 1 + ends) / 2.0)[np.cumsum(new) - 1]
-    return r
-
-
-def roc_auc(score: np.ndarray, positive: np.ndarray) -> float | None:
-    """Mann-Whitney U / (n_pos n_neg): P(score_pos > score_neg) + P(tie)/2."""
-    n_pos = int(positive.sum())
-    n_neg = len(positive) - n_pos
-    if not n_pos or not n_neg:
-        return None
-    r = average_ranks(np.asarray(score, dtype=np.float64))
-    return float((r[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
-
-
-def average_precision(score: np.ndarray, positive: np.ndarray) -> float | None:
-    """sum_n (R_n - R_{n-1}) P_n over distinct thresholds (scikit-learn's definition)."""
-    if not positive.any():
-        return None
-    order = np.argsort(-np.asarray(score, dtype=np.float64), kind="mergesort")
+def _ranked(score: np.ndarray, positive: np.ndarray, k: int) -> dict:
+    """One descending sort shared by every metric. Tie groups (equal scores) are summarized
+    by their last position and the positives up to it; ~40 bytes a sample at the peak."""
+    order = np.argsort(-score, kind="stable")
     s, y = score[order], positive[order]
-    last = np.r_[np.flatnonzero(s[1:] != s[:-1]), len(s) - 1]   # end of each tie group
-    tp = np.cumsum(y)[last]
-    precision = tp / (last + 1)
-    recall = tp / tp[-1]
-    return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
-
-
-def detection_summary(score: np.ndarray, given: np.ndarray, clean: np.ndarray) -> dict:
-    """How well the scores find the wrong labels, on the samples whose clean label is known."""
-    known = clean >= 0
-    s, wrong = score[known].astype(np.float64), (given != clean)[known]
-    k = int(wrong.sum())
-    out = {"n": int(len(score)), "n_known": int(known.sum()), "n_wrong": k,
-           "frac_wrong": k / len(s) if len(s) else None, "roc_auc": roc_auc(s, wrong),
-           "average_precision": average_precision(s, wrong), "k": k,
-           "precision_at_k": None, "threshold": None}
-    if k:
-        top = np.argsort(-s, kind="mergesort")[:k]
-        out["precision_at_k"] = float(wrong[top].mean())
-        out["threshold"] = float(s[top[-1]])
+    del order
+    out = {"precision_at_k": float(y[:k].mean()) if k else None,
+           "threshold": float(s[k - 1]) if k else None}
+    last = np.r_[np.flatnonzero(s[1:] != s[:-1]), len(s) - 1] if len(s) else np.zeros(0, np.int64)
+    del s
+    out["last"], out["tp"] = last, np.cumsum(y, dtype=np.int64)[last]
     return out
 
 
+def roc_auc(last: np.ndarray, tp: np.ndarray) -> float | None:
+    """Mann-Whitney U / (n_pos n_neg) from ascending ranks, tied scores sharing their average
+    rank: P(score_pos > score_neg) + P(tie) / 2."""
+    n, n_pos = int(last[-1]) + 1 if len(last) else 0, int(tp[-1]) if len(tp) else 0
+    n_neg = n - n_pos
+    if not n_pos or not n_neg:
+        return None
+    first = np.r_[0, last[:-1] + 1]
+    pos = np.diff(tp, prepend=0)
+    rank_sum = float(np.dot(pos, n - (first + last) / 2.0))   # descending position i = rank n - i
+    return (rank_sum - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
+
+
+def average_precision(last: np.ndarray, tp: np.ndarray) -> float | None:
+    """sum_n (R_n - R_{n-1}) P_n over distinct thresholds (scikit-learn's definition)."""
+    if not len(tp) or not tp[-1]:
+        return None
+    return float(np.dot(np.diff(tp, prepend=0), tp / (last + 1.0)) / tp[-1])
+
+
+def detection_summary(score: np.ndarray, given: np.ndarray, clean: np.ndarray) -> dict:
+    """How well the scores find the wrong labels, on the samples whose clean label is known;
+    k = the number of wrong labels, threshold = the k-th highest score."""
+    known = clean >= 0
+    s, wrong = score[known], (given != clean)[known]
+    k = int(wrong.sum())
+    r = _ranked(s, wrong, k)
+    return {"n": int(len(score)), "n_known": int(known.sum()), "n_wrong": k,
+            "frac_wrong": k / len(s) if len(s) else None, "roc_auc": roc_auc(r["last"], r["tp"]),
+            "average_precision": average_precision(r["last"], r["tp"]), "k": k,
+            "precision_at_k": r["precision_at_k"], "threshold": r["threshold"]}
+
+
 # ---- the suspect grid ----
+
+SUSPECT_COLUMNS = ("rank", "key", "index", "shard", "source", "given", "predicted", "score")
+
+
+def grid_rows(label: np.ndarray, rank: np.ndarray, per_class: int, n_classes: int,
+              max_classes: int = 30) -> np.ndarray:
+    """Rows of the `per_class` best-ranked samples of each given class (at most max_classes)."""
+    picked = [np.zeros(0, np.int64)]
+    for c in range(min(n_classes, max_classes)):
+        rows = np.flatnonzero(label == c)
+        picked.append(rows[np.argsort(rank[rows])[:per_class]])
+    return np.concatenate(picked)
+
+
+def write_suspects_csv(path: Path, rows: list[dict]) -> None:
+    """The relabeling list: rank, key, index, shard, source path, given and predicted class
+    names, score."""
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=SUSPECT_COLUMNS, restval="", extrasaction="ignore")
+        w.writeheader()
+        w.writerows(rows)
+
 
 def read_images(shard_dir: Path, wanted: dict) -> dict:
     """{(shard, key): PIL image} for the wanted {shard: {keys}}, reading only those shards."""

@@ -1,0 +1,285 @@
+"""Decode + augment throughput of the loaders side by side, and (--gpu) training steps fed by them.
+
+    python tools/bench_pipeline.py [--count 2000] [--repeats 3] [--workers W] [--batch-size 64] [--json]
+    python tools/bench_pipeline.py --data 'shards/clothing1m-{000..099}.tar' --backend cpu|dali \\
+        --workers W --batch-size B --image-size S --json
+    python tools/bench_pipeline.py --gpu                   # one GPU machine: < 5 min on an H100, 16 cores
+    python tools/bench_pipeline.py --gpu --device cpu --count 64 --steps 2 --model resnet18 --image-size 64
+
+Default mode: one generated set (tools/synth_images.py, cached under --work) read by
+  a          torchvision ImageFolder + PIL RandomResizedCrop + flip + ToTensor in a DataLoader (the JPEG files)
+  b          the project's CPU backend over shards of the same files at original size
+  b_r256     the same over shards made with --resize 256 (same card recipe: random_resized + flip)
+  c_dali     the DALI backend (GPU "mixed" decoding when CUDA is present, else CPU)
+all with the same workers (DALI: threads) and batch size, one warm-up pass each, then --repeats
+interleaved rounds (a, b, b_r256, c, a, ...), so load drift hits all alike. A pass is one epoch
+(worker start-up included) over the set read --pass-repeat times. img/s: median, min-max, ratio to a.
+--gpu (count 4000, workers = all cores, batch 256, pass-repeat 2) adds ResNet-50 training steps
+(bf16 autocast, channels_last, SGD, 14 classes, --method ce) fed by each loader for --steps steps,
+with data_wait_frac = host time blocked on the next batch / total (an upper bound on the GPU's idle
+time for data: no sync inside the step), and the model alone on synthetic on-device batches."""
+import argparse
+import contextlib
+import itertools
+import json
+import math
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import torch  # noqa: E402
+import torchvision  # noqa: E402
+
+from pipeline import dali, loader  # noqa: E402
+from tools.bench_shards import make_images, shard  # noqa: E402
+
+MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+CORES = len(os.sched_getaffinity(0))
+
+
+def versions() -> dict:
+    v = {"python": platform.python_version(), "torch": torch.__version__, "torchvision": torchvision.__version__,
+         "dali": None, "cores": CORES, "cpu": _cpu_name(), "load_avg": [round(x, 2) for x in os.getloadavg()]}
+    if dali.dali_available():
+        v["dali"] = __import__("nvidia.dali").dali.__version__
+    if torch.cuda.is_available():
+        v["gpu"], v["cuda"] = torch.cuda.get_device_name(), torch.version.cuda
+    if shutil.which("nvidia-smi"):
+        q = ["nvidia-smi", "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"]
+        with contextlib.suppress(OSError, subprocess.SubprocessError):
+            v["nvidia_smi"] = subprocess.run(q, capture_output=True, text=True, timeout=30).stdout.strip()
+    return v
+
+
+def _cpu_name() -> str:
+    with contextlib.suppress(OSError):
+        return next(ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name"))
+    return platform.processor()
+
+
+def make_set(work: Path, count: int, workers: int) -> tuple[Path, dict]:
+    """-> (image tree, {"orig": shard dir, "r256": shard dir}): 4 shards per worker, cached."""
+    tree = make_images(work, count, workers)
+    n_shards = max(8, 4 * workers)
+    size = math.ceil(count / n_shards)
+    dirs = {"orig": work / f"shards-{count}-{size}" / "orig", "r256": work / f"shards-{count}-{size}" / "r256"}
+    for name, out in dirs.items():
+        if not (out / "bench.json").exists():
+            shard(tree, out, 256 if name == "r256" else 0, size, workers)
+    return tree, dirs
+
+
+def baseline_source(tree: Path, args, repeat: int = 1):
+    t = torchvision.transforms
+    tf = t.Compose([t.RandomResizedCrop(args.image_size), t.RandomHorizontalFlip(), t.ToTensor()])
+    ds = torchvision.datasets.ImageFolder(str(tree), tf)
+
+    def epoch(e: int):
+        sampler = torch.utils.data.RandomSampler(ds, num_samples=len(ds) * repeat,
+                                                 generator=torch.Generator().manual_seed(e))
+        yield from torch.utils.data.DataLoader(ds, batch_size=args.batch_size, sampler=sampler,
+                                               num_workers=args.workers, pin_memory=torch.cuda.is_available())
+    return epoch
+
+
+def shard_source(data: str, backend: str, args, repeat: int = 1):
+    ds = loader.resolve([str(data)])
+    aug = loader.spec_from_card(ds.card, args.image_size)
+    ld = loader.build_loaders(ds, aug, batch_size=args.batch_size, workers=args.workers, seed=0,
+                              noise=loader.noise_table(ds, "none", "", 0), keep=None, backend=backend)["train"]
+    ld.urls = ld.urls * repeat          # one long epoch: one worker start-up per `repeat` passes
+
+    def epoch(e: int):
+        for b in ld(e):
+            yield b.images, b.labels
+    return epoch
+
+
+def sources(tree: Path, dirs: dict, args, repeat: int) -> dict:
+    out = {"a": baseline_source(tree, args, repeat), "b": shard_source(dirs["orig"], "cpu", args, repeat),
+           "b_r256": shard_source(dirs["r256"], "cpu", args, repeat)}
+    if dali.dali_available():
+        out["c_dali"] = shard_source(dirs["orig"], "dali", args, repeat)
+    return out
+
+
+def sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()        # DALI "mixed" hands back GPU tensors
+
+
+def one_pass(source, epoch: int) -> float:
+    start, n = time.perf_counter(), 0
+    for _, labels in source(epoch):
+        n += len(labels)
+    sync()
+    return n / (time.perf_counter() - start)
+
+
+def measure(srcs: dict, repeats: int, log) -> dict:
+    """Round 0 warms every source up; rounds 1..repeats are timed, interleaved."""
+    rates = {name: [] for name in srcs}
+    for r in range(repeats + 1):
+        for name, src in srcs.items():
+            rate = one_pass(src, r)
+            log(f"  round {r}{' (warm-up)' if r == 0 else ''} {name:<7} {rate:8.1f} img/s")
+            if r:
+                rates[name].append(rate)
+    return rates
+
+
+def summary(rates: list[float], base: float | None = None) -> dict:
+    med = statistics.median(rates)
+    out = {"images_per_s": round(med, 1), "min": round(min(rates), 1), "max": round(max(rates), 1),
+           "spread_pct": round(100 * (max(rates) - min(rates)) / med, 1), "runs": [round(x, 1) for x in rates]}
+    if base:
+        out["ratio_to_a"] = round(med / base, 2)
+    return out
+
+
+def make_step(args, device):
+    from tools.bench_step import METHODS, config
+    from train.objectives import make_objective
+    from train.setup import build_model, build_optimizer
+    cfg = config(args.model, **METHODS[args.method])
+    model = build_model(cfg, 14, 3).to(device).to(memory_format=torch.channels_last)
+    opt, objective = build_optimizer(cfg, model), make_objective(cfg)
+
+    def step(x, y):
+        with torch.autocast(device.type, dtype=torch.bfloat16):
+            loss, _ = objective(model(x), y)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    return step
+
+
+def device_batches(source, device):
+    """Endless (x, y) on the device, normalized like pipeline.batch.to_device (uint8 or [0, 1] floats)."""
+    mean = torch.tensor(MEAN, device=device).view(1, -1, 1, 1)
+    std = torch.tensor(STD, device=device).view(1, -1, 1, 1)
+    for e in itertools.count():
+        for x, y in source(e):
+            scale = 255.0 if x.dtype == torch.uint8 else 1.0
+            x = x.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+            yield (x.float() - mean * scale) / (std * scale), y.to(device, non_blocking=True)
+
+
+def timed_steps(step, batches, warmup: int, steps: int, device) -> dict:
+    for _ in range(warmup):
+        step(*next(batches))
+    sync()
+    wait, n, start = 0.0, 0, time.perf_counter()
+    for _ in range(steps):
+        t = time.perf_counter()
+        x, y = next(batches)
+        wait += time.perf_counter() - t
+        n += len(y)
+        step(x, y)
+    sync()
+    total = time.perf_counter() - start
+    getattr(batches, "close", lambda: None)()     # shuts the loader's workers down
+    return {"images_per_s": round(n / total, 1), "step_ms": round(1000 * total / steps, 2),
+            "data_wait_frac": round(wait / total, 4)}
+
+
+def bench_steps(tree, dirs, args, device, log) -> dict:
+    step = make_step(args, device)
+    x = torch.randn(args.batch_size, 3, args.image_size, args.image_size, device=device)
+    y = torch.randint(0, 14, (args.batch_size,), device=device)
+    out = {"model_alone": timed_steps(step, itertools.repeat((x.contiguous(memory_format=torch.channels_last), y)),
+                                      args.warmup_steps, args.steps, device)}
+    log(f"  model alone        {out['model_alone']['images_per_s']:8.1f} img/s")
+    need = (args.warmup_steps + args.steps + args.workers) * args.batch_size
+    for name, src in sources(tree, dirs, args, math.ceil(need / args.count) + 1).items():
+        r = timed_steps(step, device_batches(src, device), args.warmup_steps, args.steps, device)
+        r["ratio_to_model_alone"] = round(r["images_per_s"] / out["model_alone"]["images_per_s"], 3)
+        out[name] = r
+        log(f"  fed by {name:<11} {r['images_per_s']:8.1f} img/s  data wait {100 * r['data_wait_frac']:5.1f}%")
+    return out
+
+
+def generic(args) -> dict:
+    rates = measure({args.backend: shard_source(args.data, args.backend, args, args.pass_repeat)}, args.repeats,
+                    lambda s: None if args.json else print(s))
+    return {"data": args.data, "backend": args.backend, "workers": args.workers, "batch_size": args.batch_size,
+            "image_size": args.image_size, "repeats": args.repeats, **summary(rates[args.backend])}
+
+
+def compare(args, log) -> dict:
+    start = time.perf_counter()
+    tree, dirs = make_set(args.work, args.count, args.workers)
+    log(f"set: {args.count} JPEGs in {tree}, shards in {dirs['orig'].parent} ({time.perf_counter() - start:.0f} s)")
+    rates = measure(sources(tree, dirs, args, args.pass_repeat), args.repeats, log)
+    base = statistics.median(rates["a"])
+    res = {"pipeline": {k: summary(v, base) for k, v in rates.items()},
+           "dali_decode": "gpu" if dali.gpu_decode_available() else "cpu"}
+    if args.gpu:
+        torch.backends.cudnn.benchmark = True
+        res["steps"] = bench_steps(tree, dirs, args, torch.device(args.device), log)
+    return res
+
+
+def print_table(res: dict, args) -> None:
+    print(f"\n{args.count} images, {args.workers} workers, batch {args.batch_size}, {args.image_size}px, "
+          f"median of {args.repeats} (DALI decodes on {res['dali_decode']})")
+    for name, r in res["pipeline"].items():
+        print(f"  {name:<7} {r['images_per_s']:8.1f} img/s  ({r['min']:.1f}-{r['max']:.1f}, "
+              f"spread {r['spread_pct']:.1f}%)  x{r['ratio_to_a']:.2f} of a")
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--data", help="shards (pattern, list or card folder): measure just these")
+    p.add_argument("--backend", default="cpu", choices=["cpu", "dali"], help="with --data")
+    p.add_argument("--count", type=int, help="generated images (default 2000; --gpu 4000)")
+    p.add_argument("--workers", type=int, help="loader workers / DALI threads (default: all cores)")
+    p.add_argument("--batch-size", type=int, help="default 64; --gpu 256")
+    p.add_argument("--image-size", type=int, default=224)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--pass-repeat", type=int, help="a pass reads the set this many times (default 1; --gpu 2)")
+    p.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "limit-bench", help="cache folder")
+    p.add_argument("--gpu", action="store_true", help="GPU preset, adds training steps")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="for --gpu steps")
+    p.add_argument("--model", default="resnet50")
+    p.add_argument("--method", default="ce", choices=["ce", "limit", "limit-head"])
+    p.add_argument("--steps", type=int, default=60)
+    p.add_argument("--warmup-steps", type=int, help="default min(10, --steps)")
+    p.add_argument("--json", action="store_true", help="end with one JSON line")
+    args = p.parse_args(argv)
+    preset = dict(count=4000, workers=CORES, batch_size=256, pass_repeat=2) if args.gpu else \
+        dict(count=2000, workers=CORES, batch_size=64, pass_repeat=1)
+    for k, v in preset.items():
+        if getattr(args, k) is None:
+            setattr(args, k, v)
+    args.warmup_steps = min(10, args.steps) if args.warmup_steps is None else args.warmup_steps
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    env = versions()
+    if args.data:
+        print(json.dumps({**generic(args), "env": env}))
+        return 0
+    print(" ".join(f"{k}={v}" for k, v in env.items()))
+    res = compare(args, print)
+    print_table(res, args)
+    load_after = [round(x, 2) for x in os.getloadavg()]
+    print(f"load average before {env['load_avg']}, after {load_after}")
+    if args.json:
+        cfg = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+        print(json.dumps({"env": env, "load_avg_after": load_after, "config": cfg, **res}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
