@@ -2,7 +2,7 @@
 for an epoch with label noise applied, whatever the decode backend. The training loop only
 ever sees `loader(epoch)`."""
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -101,6 +101,12 @@ class Loader:
         self.urls, self.spec, self.n_classes, self.workers = urls, spec, n_classes, workers
         self.noise, self.keep, self.part, self.backend = noise, keep, part, backend
         self.sizes = sizes or {}
+
+    def as_eval(self) -> "Loader":
+        """The same samples and given labels with eval transforms, in order (scoring a split,
+        estimating FW's transition matrix)."""
+        return Loader(self.urls, replace(self.spec, train=False), self.n_classes, workers=self.workers,
+                      noise=self.noise, keep=self.keep, part=self.part, backend=self.backend, sizes=self.sizes)
 
     def steps(self, epoch: int) -> int:
         """Batches every rank yields this epoch: the most any rank has, so that all ranks take

@@ -93,3 +93,12 @@ def test_argparse_errors_are_one_line(tmp_path, capsys, argv):
     with pytest.raises(SystemExit) as e:
         cli(["--data", "x", *argv])
     assert e.value.code == 2 and len(capsys.readouterr().err.strip().splitlines()) == 1
+
+
+def test_baselines_run_end_to_end(digit_shards, tmp_path):
+    assert run(digit_shards, tmp_path / "ce", "--epochs", "1", "--noise", "uniform:0.4") == 0
+    for method in ("mae", "gce", "fw", "dmi"):
+        extra = ["--init-from", str(tmp_path / "ce")] if method in ("fw", "dmi") else []
+        assert run(digit_shards, tmp_path / method, "--epochs", "1", "--method", method,
+                   "--noise", "uniform:0.4", *extra) == 0, method
+        assert json.loads((tmp_path / method / "final.json").read_text())["test_acc"] is not None

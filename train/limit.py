@@ -79,8 +79,10 @@ def main(argv=None) -> int:
                   f"precision {acc.mixed_precision}" + (f"; init {init_note}" if init_note else ""))
     if cfg.log_with:
         acc.init_trackers("limit", config={k: str(v) for k, v in vars(cfg).items()})
-    objective = make_objective(cfg)
     norm = (tuple(ds.card["normalize"]["mean"]), tuple(ds.card["normalize"]["std"]))
+    transition = (setup.fw_transition(cfg, acc.unwrap_model(model), loaders["train"].as_eval(), acc, norm)
+                  if cfg.method == "fw" else None)
+    objective = make_objective(cfg, transition)
     run = Run(cfg, acc, model, optimizer, objective, loaders, norm, steps, out)
     if resume:
         run.step, run.best, run.n_skipped = resume["step"], resume["best"], resume["n_skipped"]

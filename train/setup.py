@@ -41,6 +41,27 @@ def init_from(model: LimitNet, cfg) -> str:
     return f"{', '.join(targets)} from {src}"
 
 
+@torch.no_grad()
+def fw_transition(cfg, model: LimitNet, loader, accelerator, norm) -> torch.Tensor:
+    """FW's matrix: --transition FILE, or Patrini et al.'s anchor estimate from the (CE-trained,
+    --init-from) classifier's predictions on the train split with eval transforms."""
+    from accelerate.utils import gather_object
+    from pipeline.batch import to_device
+    from pipeline.noise import load_matrix
+    from train.objectives import estimate_transition
+    k = model.classifier.num_classes
+    if cfg.transition:
+        return torch.as_tensor(load_matrix(cfg.transition, k), dtype=torch.float32)
+    model.eval()
+    probs = []
+    for batch in loader(0):
+        if len(batch):
+            b = to_device(batch, accelerator.device, *norm)
+            probs.append(model.classifier(b.images).float().softmax(1).cpu().numpy())
+    probs = np.concatenate(gather_object([np.concatenate(probs)]))   # every rank's share
+    return torch.as_tensor(estimate_transition(probs), dtype=torch.float32)
+
+
 def build_optimizer(cfg, model: LimitNet) -> torch.optim.Optimizer:
     groups = [{"params": [p for p in model.parameters() if p.requires_grad]}]
     if cfg.optimizer == "sgd":
