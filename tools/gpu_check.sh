@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# The GPU checks of issues 5 and 8 as one prepared run (about 5 minutes on one H100/H200):
+# DALI "mixed" decoding, CUDA AMP, ResNet-50 img/s for CE / LIMIT / LIMIT-head, and each
+# decode backend feeding ResNet-50 training steps. Prints everything; BENCHMARKS.md quotes it.
+#   WHEELS=DIR bash tools/gpu_check.sh      (DIR: wheels for packages the machine lacks)
+set -u
+OUT=${OUT:-/tmp/gpu_check}; mkdir -p "$OUT"
+export HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
+if [ -n "${WHEELS:-}" ]; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site "$WHEELS"/*.whl || exit 3
+  export PYTHONPATH="/tmp/site:${PYTHONPATH:-}"
+fi
+export PYTHONPATH="$PWD:${PYTHONPATH:-}"
+section() { echo; echo "==== $* ($(date +%T))"; }
+
+section machine
+nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv
+nproc; python3 - <<'PY'
+import sys, torch, timm
+print("python", sys.version.split()[0], "torch", torch.__version__, "cuda", torch.version.cuda,
+      "cudnn", torch.backends.cudnn.version(), "timm", timm.__version__)
+try:
+    import nvidia.dali as d; print("DALI", d.__version__)
+except Exception as e:
+    print("DALI missing:", e)
+PY
+
+section "tests touching GPU branches (DALI mixed decode, AMP)"
+timeout 150 python3 -m pytest -q -x -p no:cacheprovider tests/test_dali.py tests/test_limit_grad.py 2>&1 | tail -5
+
+section "ResNet-50 step time, bf16 autocast, channels_last, batch 256, synthetic on-device batches"
+timeout 150 python3 tools/bench_step.py --model resnet50 --image-size 224 --batch-size 256 \
+    --steps 20 --warmup 8 --methods ce,limit,limit-head
+
+section "decode backends alone and feeding ResNet-50 (bench_pipeline --gpu)"
+timeout 300 python3 tools/bench_pipeline.py --gpu --json 2>&1 | tail -40
+section done
