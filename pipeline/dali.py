@@ -212,38 +212,55 @@ def _emit(batch, skips: list):
     return (*batch, taken)
 
 
+class DaliStream:
+    """One rank's DALI pipeline, built once and reset at each epoch: building one costs
+    about a second (nvJPEG and memory set-up), a whole epoch of small datasets. Its
+    randomness is a function of (seed, rank) and of the epochs read before, so a resumed
+    run is exact only with the CPU backend."""
+
+    def __init__(self, urls, spec: ReadSpec, n_classes: int, workers: int, rank: int = 0, keep=None):
+        if not dali_available():
+            raise DataError(INSTALL)
+        self.spec, self.n_classes, self.keep, self.it = spec, n_classes, keep, None
+        self.skips, self.mine = [], []
+        for url in urls:
+            path = _local(url)
+            if os.path.isfile(_idx(path)):
+                usable, bad = _scan_index(path, os.path.getmtime(path))
+                self.skips += bad
+                if not usable:   # DALI rejects an empty shard's index ("sample count must be positive")
+                    continue
+            self.mine.append(path)
+        self.seed = zlib.crc32(f"{spec.seed}-{rank}".encode()) & 0x7FFFFFFF
+        self.threads = max(1, workers)
+
+    def __call__(self, epoch: int = 0):
+        """(images, labels, clean, index, skipped) batches of one epoch."""
+        skips = list(self.skips)          # per-shard problems found in the indexes, every epoch
+        if not self.mine:
+            yield from _rebatch([], self.spec.batch_size, skips)
+            return
+        try:
+            if self.it is None:
+                self.it = _build(self.mine, self.spec, self.seed, self.threads)
+            else:
+                self.it.reset()
+            parts = (_parse(out[0], self.n_classes, self.keep, skips) for out in self.it)
+            yield from _rebatch(parts, self.spec.batch_size, skips)
+        except RuntimeError as e:
+            self.it = None
+            if "Critical error" not in str(e):
+                raise                       # not DALI's data error: a bug, keep its traceback
+            # DALI stops the whole pipeline on an undecodable image or a cut-off tar (it has no
+            # per-sample skip): one line saying which operator failed and why.
+            op = re.search(r"operator `([^`]+)`", str(e))
+            why = str(e).partition("encountered:")[2].strip().split("\n")[0]
+            raise DataError(f"DALI failed reading {len(self.mine)} shard(s) from {self.mine[0]}: "
+                            f"{op.group(1) if op else 'pipeline'}: {why or str(e)[:200]} "
+                            "(--backend cpu skips damaged samples)") from None
+
+
 def dali_batches(urls, spec: ReadSpec, n_classes: int, epoch: int, workers: int, rank: int = 0,
                  keep=None):
-    """Iterate (images, labels, clean, index, skipped) tuples for one epoch over this rank's
-    `urls` (already split by rank, so DALI's own sharding stays at 1/0). Images are uint8
-    (B, C, H, W), on the GPU when it decoded them, else on the host."""
-    if not dali_available():
-        raise DataError(INSTALL)
-    skips, mine = [], []
-    for url in urls:
-        path = _local(url)
-        if os.path.isfile(_idx(path)):
-            usable, bad = _scan_index(path, os.path.getmtime(path))
-            skips += bad
-            if not usable:   # DALI rejects an empty shard's index ("sample count must be positive")
-                continue
-        mine.append(path)
-    if not mine:
-        yield from _rebatch([], spec.batch_size, skips)
-        return
-    # seeds every random op and the reader's shuffle: a function of (seed, epoch, rank) only
-    seed = zlib.crc32(f"{spec.seed}-{epoch}-{rank}".encode()) & 0x7FFFFFFF
-    try:
-        it = _build(mine, spec, seed, max(1, workers))
-        parts = (_parse(out[0], n_classes, keep, skips) for out in it)
-        yield from _rebatch(parts, spec.batch_size, skips)
-    except RuntimeError as e:
-        if "Critical error" not in str(e):
-            raise                       # not DALI's data error: a bug, keep its traceback
-        # DALI stops the whole pipeline on an undecodable image or a cut-off tar (it has no
-        # per-sample skip): one line saying which operator failed and why.
-        op = re.search(r"operator `([^`]+)`", str(e))
-        why = str(e).partition("encountered:")[2].strip().split("\n")[0]
-        raise DataError(f"DALI failed reading {len(mine)} shard(s) from {mine[0]}: "
-                        f"{op.group(1) if op else 'pipeline'}: {why or str(e)[:200]} "
-                        "(--backend cpu skips damaged samples)") from None
+    """One epoch from a fresh DaliStream (tests and one-off reads); the Loader keeps its stream."""
+    yield from DaliStream(urls, spec, n_classes, workers, rank, keep)(epoch)

@@ -101,6 +101,7 @@ class Loader:
         self.urls, self.spec, self.n_classes, self.workers = urls, spec, n_classes, workers
         self.noise, self.keep, self.part, self.backend = noise, keep, part, backend
         self.sizes = sizes or {}
+        self._dali = None
 
     def as_eval(self) -> "Loader":
         """The same samples and given labels with eval transforms, in order (scoring a split,
@@ -145,9 +146,10 @@ class Loader:
         # evaluation has no collective inside the loop, so a rank may have no shard there
         mine = shards.for_rank(order, self.part) if self.spec.train else order[self.part.rank::self.part.world]
         if self.backend == "dali":
-            from pipeline.dali import dali_batches
-            source = dali_batches(mine, self.spec, self.n_classes, epoch, self.workers, self.part.rank, self.keep)
-            source = ((*b, 0, n) for n, b in enumerate(source) if n >= self.position.get(0, 0))
+            if self._dali is None:      # one pipeline for all epochs, over epoch 0's shard split
+                from pipeline.dali import DaliStream
+                self._dali = DaliStream(mine, self.spec, self.n_classes, self.workers, self.part.rank, self.keep)
+            source = ((*b, 0, n) for n, b in enumerate(self._dali(epoch)) if n >= self.position.get(0, 0))
             streams = 1
         else:
             source = cpu_batches(mine, self.spec, self.n_classes, epoch, self.workers, self.part.rank,

@@ -46,10 +46,14 @@ CORES = len(os.sched_getaffinity(0))
 
 
 def versions() -> dict:
+    with open("/proc/cpuinfo") as f:
+        cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), platform.processor())
     v = {"python": platform.python_version(), "torch": torch.__version__, "torchvision": torchvision.__version__,
-         "dali": None, "cores": CORES, "cpu": _cpu_name(), "load_avg": [round(x, 2) for x in os.getloadavg()]}
+         "dali": None, "cores": CORES, "cpu": cpu, "load_avg": [round(x, 2) for x in os.getloadavg()]}
     if dali.dali_available():
         v["dali"] = __import__("nvidia.dali").dali.__version__
+    with contextlib.suppress(OSError):     # DataLoader workers hand batches over in /dev/shm
+        v["shm_gib"] = round(shutil.disk_usage("/dev/shm").total / 2**30, 1)
     if torch.cuda.is_available():
         v["gpu"], v["cuda"] = torch.cuda.get_device_name(), torch.version.cuda
     if shutil.which("nvidia-smi"):
@@ -57,12 +61,6 @@ def versions() -> dict:
         with contextlib.suppress(OSError, subprocess.SubprocessError):
             v["nvidia_smi"] = subprocess.run(q, capture_output=True, text=True, timeout=30).stdout.strip()
     return v
-
-
-def _cpu_name() -> str:
-    with contextlib.suppress(OSError):
-        return next(ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name"))
-    return platform.processor()
 
 
 def make_set(work: Path, count: int, workers: int) -> tuple[Path, dict]:
@@ -112,8 +110,7 @@ def sources(tree: Path, dirs: dict, args, repeat: int) -> dict:
 
 
 def sync() -> None:
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()        # DALI "mixed" hands back GPU tensors
+    torch.cuda.synchronize() if torch.cuda.is_available() else None   # DALI "mixed" gives GPU tensors
 
 
 def one_pass(source, epoch: int) -> float:
@@ -125,24 +122,35 @@ def one_pass(source, epoch: int) -> float:
 
 
 def measure(srcs: dict, repeats: int, log) -> dict:
-    """Round 0 warms every source up; rounds 1..repeats are timed, interleaved."""
+    """Round 0 warms every source up; rounds 1..repeats are timed, interleaved. A source that
+    fails keeps its error message instead and is dropped (the others' numbers still count)."""
     rates = {name: [] for name in srcs}
     for r in range(repeats + 1):
-        for name, src in srcs.items():
-            rate = one_pass(src, r)
+        for name, src in (kv for kv in srcs.items() if isinstance(rates[kv[0]], list)):
+            try:
+                rate = one_pass(src, r)
+            except Exception as e:  # noqa: BLE001  (reported, not hidden)
+                rates[name] = failed(name, e, log)
+                continue
             log(f"  round {r}{' (warm-up)' if r == 0 else ''} {name:<7} {rate:8.1f} img/s")
             if r:
                 rates[name].append(rate)
     return rates
 
 
-def summary(rates: list[float], base: float | None = None) -> dict:
+def failed(name: str, e: Exception, log) -> str:
+    msg = f"{type(e).__name__}: {e}"[:400]
+    log(f"  {name} FAILED: {msg}")
+    return msg
+
+
+def summary(rates: list[float] | str, base: float | None = None) -> dict:
+    if isinstance(rates, str):
+        return {"error": rates}
     med = statistics.median(rates)
     out = {"images_per_s": round(med, 1), "min": round(min(rates), 1), "max": round(max(rates), 1),
            "spread_pct": round(100 * (max(rates) - min(rates)) / med, 1), "runs": [round(x, 1) for x in rates]}
-    if base:
-        out["ratio_to_a"] = round(med / base, 2)
-    return out
+    return {**out, "ratio_to_a": round(med / base, 2)} if base else out
 
 
 def make_step(args, device):
@@ -200,7 +208,11 @@ def bench_steps(tree, dirs, args, device, log) -> dict:
     log(f"  model alone        {out['model_alone']['images_per_s']:8.1f} img/s")
     need = (args.warmup_steps + args.steps + args.workers) * args.batch_size
     for name, src in sources(tree, dirs, args, math.ceil(need / args.count) + 1).items():
-        r = timed_steps(step, device_batches(src, device), args.warmup_steps, args.steps, device)
+        try:
+            r = timed_steps(step, device_batches(src, device), args.warmup_steps, args.steps, device)
+        except Exception as e:  # noqa: BLE001  (reported, not hidden)
+            out[name] = {"error": failed(name, e, log)}
+            continue
         r["ratio_to_model_alone"] = round(r["images_per_s"] / out["model_alone"]["images_per_s"], 3)
         out[name] = r
         log(f"  fed by {name:<11} {r['images_per_s']:8.1f} img/s  data wait {100 * r['data_wait_frac']:5.1f}%")
@@ -219,7 +231,7 @@ def compare(args, log) -> dict:
     tree, dirs = make_set(args.work, args.count, args.workers)
     log(f"set: {args.count} JPEGs in {tree}, shards in {dirs['orig'].parent} ({time.perf_counter() - start:.0f} s)")
     rates = measure(sources(tree, dirs, args, args.pass_repeat), args.repeats, log)
-    base = statistics.median(rates["a"])
+    base = statistics.median(rates["a"]) if isinstance(rates["a"], list) else None
     res = {"pipeline": {k: summary(v, base) for k, v in rates.items()},
            "dali_decode": "gpu" if dali.gpu_decode_available() else "cpu"}
     if args.gpu:
@@ -232,8 +244,9 @@ def print_table(res: dict, args) -> None:
     print(f"\n{args.count} images, {args.workers} workers, batch {args.batch_size}, {args.image_size}px, "
           f"median of {args.repeats} (DALI decodes on {res['dali_decode']})")
     for name, r in res["pipeline"].items():
-        print(f"  {name:<7} {r['images_per_s']:8.1f} img/s  ({r['min']:.1f}-{r['max']:.1f}, "
-              f"spread {r['spread_pct']:.1f}%)  x{r['ratio_to_a']:.2f} of a")
+        print(f"  {name:<7} FAILED {r['error']}" if "error" in r else
+              f"  {name:<7} {r['images_per_s']:8.1f} img/s  ({r['min']:.1f}-{r['max']:.1f}, "
+              f"spread {r['spread_pct']:.1f}%)  x{r.get('ratio_to_a', math.nan):.2f} of a")
 
 
 def parse_args(argv=None):
@@ -249,9 +262,9 @@ def parse_args(argv=None):
     p.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "limit-bench", help="cache folder")
     p.add_argument("--gpu", action="store_true", help="GPU preset, adds training steps")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="for --gpu steps")
-    p.add_argument("--model", default="resnet50")
-    p.add_argument("--method", default="ce", choices=["ce", "limit", "limit-head"])
-    p.add_argument("--steps", type=int, default=60)
+    p.add_argument("--model", default="resnet50", help="--gpu steps: the timm model")
+    p.add_argument("--method", default="ce", choices=["ce", "limit", "limit-head"], help="--gpu steps")
+    p.add_argument("--steps", type=int, default=60, help="--gpu: timed steps per loader")
     p.add_argument("--warmup-steps", type=int, help="default min(10, --steps)")
     p.add_argument("--json", action="store_true", help="end with one JSON line")
     args = p.parse_args(argv)

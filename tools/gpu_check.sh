@@ -26,7 +26,7 @@ except Exception as e:
 PY
 
 section "tests touching GPU branches (DALI mixed decode, AMP)"
-timeout 150 python3 -m pytest -q -x -p no:cacheprovider tests/test_dali.py tests/test_limit_grad.py 2>&1 | tail -5
+timeout 150 python3 -m pytest -q -p no:cacheprovider tests/test_dali.py tests/test_limit_grad.py 2>&1 | grep -E "passed|failed|Error|assert" | tail -12
 
 section "ResNet-50 step time, bf16 autocast, channels_last, batch 256, synthetic on-device batches"
 timeout 150 python3 tools/bench_step.py --model resnet50 --image-size 224 --batch-size 256 \
@@ -34,4 +34,11 @@ timeout 150 python3 tools/bench_step.py --model resnet50 --image-size 224 --batc
 
 section "decode backends alone and feeding ResNet-50 (bench_pipeline --gpu)"
 timeout 300 python3 tools/bench_pipeline.py --gpu --json 2>&1 | tail -40
+section "train/limit.py end to end on the benchmark shards: LIMIT, ResNet-50, bf16, 3 epochs"
+DATA=$(ls -d /tmp/limit-bench/shards-*/orig | head -1)
+for backend in auto cpu; do
+  timeout 150 python3 train/limit.py --data "$DATA" --model resnet50 --method limit --epochs 3 \
+      --batch-size 256 --workers "$(nproc)" --mixed-precision bf16 --backend $backend \
+      --optimizer sgd --lr 0.1 --out /tmp/run-$backend 2>&1 | grep -E "^limit|^ce|^epoch [0-9]+:|done|rror" | grep -v "it/s"
+done
 section done
