@@ -40,16 +40,23 @@ class LimitNet(nn.Module):
     backbone reads the image) or "head" (a head reads the classifier's *detached* features,
     so no gradient of the label-dependent predictor loss reaches the classifier's trunk)."""
 
-    def __init__(self, classifier: nn.Module, predictor: nn.Module | None = None, mode: str = "none"):
+    def __init__(self, classifier: nn.Module, predictor: nn.Module | None = None, mode: str = "none",
+                 with_features: bool = False):
         super().__init__()
         assert mode in ("none", "network", "head") and (predictor is None) == (mode == "none")
         self.classifier, self.predictor, self.mode = classifier, predictor, mode
+        # issue 10: softreg (eq. 8) penalizes ||z||^2, so it needs the classifier's penultimate
+        # features *with* their gradient beside the predictor's logits (network mode)
+        self.with_features = with_features
 
     def forward(self, x: torch.Tensor) -> Outputs:
         if self.mode == "head":
             feats, logits = penultimate(self.classifier, x)
             return Outputs(logits, self.predictor(feats.detach()), feats)
         aux = self.predictor(x) if self.mode == "network" else None
+        if self.with_features:                                           # issue 10: softreg
+            feats, logits = penultimate(self.classifier, x)
+            return Outputs(logits, aux, feats)
         return Outputs(self.classifier(x), aux)
 
 

@@ -1,8 +1,10 @@
 """The CPU backend: tar shards -> samples -> decode + augment in DataLoader workers -> uint8
 batches. Each stage is a small generator, testable alone with `list(stage(iter([...])))`."""
+import functools
 import random
 import tarfile
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -10,7 +12,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from webdataset.gopen import gopen
 
-from pipeline import augment, records
+from pipeline import augment, records, shards
 from pipeline.shards import for_worker
 from pipeline.tario import iter_tar
 
@@ -28,39 +30,80 @@ class ReadSpec:
     shuffle_buffer: int = 2000  # samples; mixes samples across the shards a worker reads
 
 
+# ---- hostile-input handling (issue 7): shard-level records and duplicate keys ----
+@functools.lru_cache(maxsize=64)
+def _card_counts(card_path: str) -> dict[str, int]:
+    try:
+        return shards.shard_counts(shards.read_card(Path(card_path)))
+    except DATA_ERRORS:
+        return {}
+
+
+def expected_count(url: str) -> int | None:
+    """Samples the dataset card beside a shard lists for it; None when there is no card
+    (shards not written by tools/make_shards.py, `pipe:` URLs)."""
+    try:
+        card = shards.card_path_for(url)
+    except shards.DataError:
+        return None
+    return _card_counts(str(card)).get(Path(url.removeprefix("file:")).name)
+
+
 def read_tars(urls, skips: list):
     """Tar members -> sample dicts {"__key__", "__url__", ext: bytes}, grouped by key.
-    A cut-off tar ends its shard with a skip record saying how many samples it gave."""
+    A cut-off, vanished or emptied tar ends its shard with one skip record (key "") saying
+    how many samples it gave of those its card lists: an error inside a member, or a clean
+    end short of the card's count (a cut between members leaves no error to catch)."""
     for url in urls:
-        count = 0
+        count, expected = 0, expected_count(url)
+        of = f" of {expected}" if expected is not None else ""
         try:
             with gopen(url, "rb") as stream:
                 for sample in _group(iter_tar(stream), url, skips):
                     count += 1
                     yield sample
         except DATA_ERRORS as e:
-            skips.append((url, "", f"unreadable or cut-off tar after {count} samples: {e}"))
+            skips.append((url, "", f"unreadable or cut-off tar after {count} samples{of}: {type(e).__name__}: {e}"))
+            continue
+        if expected is not None and count < expected:
+            skips.append((url, "", f"cut-off tar after {count} samples{of}: it ends early"))
 
 
 def _group(members, url, skips):
-    current, seen = None, set()
-    for name, data in members:
+    """Members -> samples. A key seen before in the shard is a duplicate: the first copy is
+    kept, later ones are skipped with a record, whether they follow it at once (a member
+    the sample already has starts the next copy) or come later in the shard. When the tar
+    breaks, the sample being grouped is given out first with the members read whole (parse
+    decides whether it is complete), then the error goes on to read_tars."""
+    current, key_now, exts, seen = None, None, set(), set()
+    members = iter(members)
+    while True:
+        try:
+            name, data = next(members)
+        except StopIteration:
+            break
+        except DATA_ERRORS:
+            if current is not None:
+                yield current
+            raise
         prefix, _, base = name.rpartition("/")
         key, _, ext = base.partition(".")
         key = f"{prefix}/{key}" if prefix else key
-        if current is None or key != current["__key__"]:
+        if key != key_now or ext in exts:
             if current is not None:
                 yield current
-            current = None
+            current, key_now, exts = None, key, set()
             if key in seen:
                 skips.append((url, key, "duplicate key"))
-                continue
-            seen.add(key)
-            current = {"__key__": key, "__url__": url}
+            else:
+                seen.add(key)
+                current = {"__key__": key, "__url__": url}
+        exts.add(ext)
         if current is not None:
             current[ext] = data
     if current is not None:
         yield current
+# ---- end hostile-input handling ----
 
 
 def parse(samples, skips: list, n_classes: int, keep: np.ndarray | None = None):

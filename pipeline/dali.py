@@ -7,6 +7,7 @@ What DALI cannot do is drop a sample inside the graph, so the label check and th
 batching (full batches, a lone tail sample joins the batch before it: BatchNorm needs >= 2)."""
 import functools
 import os
+from dataclasses import dataclass
 import re
 import zlib
 
@@ -14,7 +15,7 @@ import numpy as np
 import torch
 
 from pipeline import records
-from pipeline.cpu import ReadSpec
+from pipeline.cpu import ReadSpec, expected_count
 from pipeline.shards import DataError
 
 try:
@@ -43,40 +44,65 @@ def _idx(path: str) -> str:
 
 
 def _local(url: str) -> str:
-    """DALI reads local files only (no pipe:, no http): say so at start-up, not mid-epoch."""
+    """DALI reads local files only (no pipe:, no http): say so at start-up, not mid-epoch.
+    (A local shard that does not exist is skipped with a record, as the CPU backend does.)"""
     path = url.removeprefix("file:")
-    if ":" in path.split("/", 1)[0] or not os.path.isfile(path):
+    if ":" in path.split("/", 1)[0]:
         raise DataError(f"--backend dali reads local shard files only: {url}")
     return path
 
 
+@dataclass(frozen=True)
+class IndexScan:
+    samples: int            # lines (samples) in the index
+    usable: int             # samples DALI will read and the CPU backend would keep
+    skips: tuple            # (shard, key, reason) records
+    drops: frozenset        # image data offsets of later copies of a key: dropped after DALI
+    end: int                # bytes the index needs the tar to have
+
+
 @functools.lru_cache(maxsize=4096)
-def _scan_index(path: str, mtime: float) -> tuple[int, tuple]:
-    """(usable samples, skip records) of a shard from its DALI .idx (v1.1 or v1.2 lines of
-    `ext offset size [name]` per member). With missing_component_behavior="skip" DALI drops a
-    sample lacking a member without a word; reading the index first gives those samples the
-    same skip records the CPU backend writes. Cached per (path, mtime): epochs re-read it."""
+def _scan_index(path: str, mtime: float) -> IndexScan:
+    """What a shard's DALI .idx (v1.1 or v1.2 lines of `ext offset size [name]` per member)
+    says before DALI reads it. With missing_component_behavior="skip" DALI drops a sample
+    lacking a member without a word, and reads a repeated key twice: reading the index first
+    gives those samples the same skip records the CPU backend writes (a later copy of a key is
+    dropped after DALI by its offset; a copy right after the first is one index line, which
+    DALI reads as one sample). Cached per (path, mtime): epochs re-read it."""
     with open(_idx(path)) as f:
         lines = f.read().split("\n")
     step = 4 if lines[0].startswith("v1.2") else 3
-    usable, skips = 0, []
-    for line in lines[1:]:
-        tok = line.split()
-        if not tok:
-            continue
-        exts = set(tok[0::step])
-        key = tok[3].rsplit(".", 1)[0] if step == 4 else ""
-        # the reason texts of the CPU backend's KeyErrors
-        need = [n for n, ok in (("no jpg or png member", exts & {"jpg", "png"}),
-                                ("cls", "cls" in exts), ("ids", "ids" in exts)) if not ok]
-        if need:
-            skips.append((path, key, f"KeyError: {need[0]!r}"))
-        else:
-            usable += 1
+    usable, n, end, skips, drops, seen = 0, 0, 0, [], set(), set()
+    try:
+        for line in lines[1:]:
+            tok = line.split()
+            if not tok:
+                continue
+            n += 1
+            exts = tok[0::step]
+            end = max(end, *(int(o) + int(z) for o, z in zip(tok[1::step], tok[2::step])))
+            key = tok[3].rsplit(".", 1)[0] if step == 4 else ""
+            if key and key in seen:            # ---- issue 7: duplicate keys, as the CPU backend
+                skips.append((path, key, "duplicate key"))
+                drops.update(int(o) for e, o in zip(exts, tok[1::step]) if e in ("jpg", "png"))
+                continue
+            seen.add(key)
+            if len(set(exts)) < len(exts):
+                skips.append((path, key, "duplicate key"))
+            # the reason texts of the CPU backend's KeyErrors
+            need = [what for what, ok in (("no jpg or png member", set(exts) & {"jpg", "png"}),
+                                          ("cls", "cls" in exts), ("ids", "ids" in exts)) if not ok]
+            if need:
+                skips.append((path, key, f"KeyError: {need[0]!r}"))
+            else:
+                usable += 1
+    except (ValueError, IndexError) as e:
+        raise DataError(f"{_idx(path)}: not a DALI index ({type(e).__name__}: {e}); --backend cpu "
+                        "needs none") from None
     if not usable and any("ids" in s[2] for s in skips):
         raise DataError(f"{path}: no sample has an .ids member (not written by tools/make_shards.py?): "
                         "use --backend cpu, or re-shard")
-    return usable, tuple(skips)
+    return IndexScan(n, usable, tuple(skips), frozenset(drops), end)
 
 
 def _augment(encoded, spec: ReadSpec, device: str):
@@ -152,12 +178,18 @@ def _labels(raw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return labels, parsed
 
 
-def _parse(out: dict, n_classes: int, keep, skips: list):
+def _parse(out: dict, n_classes: int, keep, skips: list, drops: frozenset = frozenset()):
     """A DALI batch -> (images, labels, clean, index) of the samples the CPU backend keeps:
-    in the subset first (no label check for the others), then with a valid cls label."""
+    in the subset first (no label check for the others), then with a valid cls label.
+    `drops`: (shard, image offset) of repeated keys, already recorded by _scan_index."""
     ids = out["ids"].cpu()
     index, clean = ids[:, 1].contiguous(), ids[:, 2].contiguous()
     ok = np.ones(len(ids), dtype=bool)
+    if drops:           # issue 7: only shards with a repeated key pay for this Python loop
+        for i in range(len(ok)):
+            src = out["source"][i].cpu().numpy().tobytes().rstrip(b"\0").decode()
+            url, off, _ = src.rsplit(":", 2)
+            ok[i] = (url, int(off)) not in drops
     if keep is not None:
         i = index.numpy()
         ok &= (i >= 0) & (i < len(keep)) & keep[i.clip(0, len(keep) - 1)]
@@ -222,13 +254,28 @@ class DaliStream:
         if not dali_available():
             raise DataError(INSTALL)
         self.spec, self.n_classes, self.keep, self.it = spec, n_classes, keep, None
-        self.skips, self.mine = [], []
+        self.skips, self.mine, self.drops = [], [], set()
         for url in urls:
             path = _local(url)
+            # ---- issue 7: vanished, cut-off and emptied shards are skipped with one record ----
+            expected = expected_count(path)
+            of = f" of {expected}" if expected is not None else ""
+            if not os.path.isfile(path):
+                self.skips.append((path, "", f"unreadable or cut-off tar after 0 samples{of}: not found"))
+                continue
             if os.path.isfile(_idx(path)):
-                usable, bad = _scan_index(path, os.path.getmtime(path))
-                self.skips += bad
-                if not usable:   # DALI rejects an empty shard's index ("sample count must be positive")
+                scan = _scan_index(path, os.path.getmtime(path))
+                size = os.path.getsize(path)
+                if scan.end > size:  # DALI would stop the whole run here; it reads no part of a tar
+                    self.skips.append((path, "", f"cut-off tar after 0 samples{of}: {size} of the "
+                                       f"{scan.end} bytes its index needs; DALI reads whole shards "
+                                       "only (--backend cpu reads the samples before the cut)"))
+                    continue
+                if expected is not None and scan.samples < expected:
+                    self.skips.append((path, "", f"cut-off tar after {scan.samples} samples{of}: it ends early"))
+                self.skips += scan.skips
+                self.drops.update((path, off) for off in scan.drops)
+                if not scan.usable:   # DALI rejects an empty shard's index ("sample count must be positive")
                     continue
             self.mine.append(path)
         self.seed = zlib.crc32(f"{spec.seed}-{rank}".encode()) & 0x7FFFFFFF
@@ -245,7 +292,7 @@ class DaliStream:
                 self.it = _build(self.mine, self.spec, self.seed, self.threads)
             else:
                 self.it.reset()
-            parts = (_parse(out[0], self.n_classes, self.keep, skips) for out in self.it)
+            parts = (_parse(out[0], self.n_classes, self.keep, skips, self.drops) for out in self.it)
             yield from _rebatch(parts, self.spec.batch_size, skips)
         except RuntimeError as e:
             self.it = None
@@ -257,7 +304,7 @@ class DaliStream:
             why = str(e).partition("encountered:")[2].strip().split("\n")[0]
             raise DataError(f"DALI failed reading {len(self.mine)} shard(s) from {self.mine[0]}: "
                             f"{op.group(1) if op else 'pipeline'}: {why or str(e)[:200]} "
-                            "(--backend cpu skips damaged samples)") from None
+                            "(--backend cpu skips damaged samples; tools/verify_shards.py lists them)") from None
 
 
 def dali_batches(urls, spec: ReadSpec, n_classes: int, epoch: int, workers: int, rank: int = 0,

@@ -163,6 +163,8 @@ def load_source(args) -> shard_sources.Source:
         src = shard_sources.table(args.source, val, args.seed, classes)
     else:
         src = getattr(shard_sources, args.format)(args.source, val, args.seed)
+    if args.recipe:                                     # issue 10: e.g. CIFAR exported as images
+        src.augment = dict(shard_sources.RECIPES[args.recipe])
     shard_sources.check_unique_keys(src)
     shard_sources.check_labels(src)
     return src
@@ -181,6 +183,9 @@ def parse_args(argv=None):
     p.add_argument("--classes", default="", help="table: comma-separated class names (label ids index into them)")
     p.add_argument("--workers", type=int, default=1, help="parallel processes")
     p.add_argument("--seed", type=int, default=0, help="seed of the train/val split")
+    p.add_argument("--recipe", default="", choices=["", *shard_sources.RECIPES],
+                   help="training recipe written to the card instead of the format's default "
+                        "(cifar: 32x32, pad 4 + random 32 crop, flip)")
     args = p.parse_args(argv)
     args.name = args.name or args.format
     for flag, v, lo in (("--shard-size", args.shard_size, 1), ("--workers", args.workers, 1), ("--quality", args.quality, 1),

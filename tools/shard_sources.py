@@ -25,6 +25,12 @@ class Source:
                                                      "std": [0.229, 0.224, 0.225]})
 
 
+# issue 10: named training recipes for `make_shards.py --recipe`, replacing the format's default
+# (an image folder or table gets ImageNet's random_resized 224 unless told otherwise).
+# cifar: the authors' code's RandomCrop(32, padding=4) + horizontal flip at 32x32.
+RECIPES = {"cifar": {"size": 32, "crop": "pad_random", "pad": 4, "flip": True}}
+
+
 def carve_val(records: list[tuple], fraction: float, seed: int) -> tuple[list, list]:
     """A seeded (train, val) partition; order inside each part is kept."""
     n_val = round(len(records) * fraction)

@@ -32,7 +32,7 @@ class Config:
     pretrained: str = opt("", "local timm weights file for the backbone(s); the head is new")
     channels_last: bool = opt(True, "NHWC memory format (faster convolutions on GPU and AMX CPUs)", action=argparse.BooleanOptionalAction)
     # objective
-    method: str = opt("ce", "objective", choices=["ce", "limit", "mae", "gce", "fw", "dmi"])
+    method: str = opt("ce", "objective", choices=["ce", "limit", "mae", "gce", "fw", "dmi", "softreg"])
     predictor: str = opt("network", "LIMIT predictor: a second backbone, or a head on the classifier's detached features", choices=["network", "head"])
     predictor_model: str = opt("", "LIMIT predictor backbone (default: the classifier's)")
     predictor_loss: str = opt("mae", "LIMIT predictor distance: mse (LIMIT_G) or mae (LIMIT_L)", choices=["mse", "mae"])
@@ -41,6 +41,10 @@ class Config:
     sample_dist: str = opt("gaussian", "+S noise distribution", choices=["gaussian", "laplace"])
     sigma: float = opt(0.1, "+S noise standard deviation per logit")
     gce_q: float = opt(0.7, "GCE exponent q")
+    # issue 10: soft regularization (eq. 8) and CE + gradient noise
+    softreg_lambda: float = opt(0.01, "softreg: weight of ||z||^2 ||onehot(y) - softmax(r(x))||^2 (paper grid 0.001-0.1); --beta weighs ||z||^2 ||softmax(a) - softmax(r)||^2", flag="--lambda", metavar="LAMBDA")
+    grad_noise: str = opt("", "CE + GN / LN: independent noise on the gradient w.r.t. the logits (--method ce only)", choices=["", "gaussian", "laplace"])
+    grad_noise_sigma: float = opt(0.0, "CE + GN / LN: per-logit noise std, on the per-sample gradient softmax - onehot (the reference's noise_std times the batch size)")
     transition: str = opt("", "FW: KxK transition matrix file (default: estimated from --init-from's predictions)")
     init_from: str = opt("", "run folder or checkpoint of a CE run (+init)")
     init_target: str = opt("predictor", "what --init-from initializes", choices=["predictor", "classifier", "both"])
@@ -61,6 +65,7 @@ class Config:
     resume: str = opt("", "resume from a checkpoint folder, or 'auto' for OUT/checkpoints/last")
     save_every: int = opt(0, "also checkpoint every N optimizer steps inside an epoch (0: epoch ends only)")
     log_with: str = opt("", "accelerate tracker, e.g. tensorboard (nothing is contacted unless asked)")
+    max_skip_frac: float = opt(0.01, "stop (exit 2) when more than this fraction of a split's samples is lost in an epoch: damaged samples, cut-off or missing shards (issue 7; 1: never)")
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=1, sort_keys=True)
@@ -78,17 +83,18 @@ def build_parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     for f in dataclasses.fields(Config):
         meta = dict(f.metadata)
+        flag = meta.pop("flag", "--" + f.name.replace("_", "-"))   # a field may name its flag: --lambda
         kw = {"default": f.default, "help": meta.pop("help")}
         kw.update(meta)
         if "action" not in meta and "nargs" not in meta:
             kw["type"] = f.type if f.type in (int, float, str) else str
-        p.add_argument("--" + f.name.replace("_", "-"), **kw)
+        p.add_argument(flag, dest=f.name, **kw)
     return p
 
 
 POSITIVE = ("epochs", "batch_size", "lr")
 NON_NEGATIVE = ("save_every", "workers", "image_size", "max_train_samples", "beta", "sigma", "weight_decay",
-                "warmup_epochs", "clip_grad")
+                "warmup_epochs", "clip_grad", "grad_noise_sigma")
 
 
 def validate(cfg: Config) -> Config:
@@ -102,6 +108,14 @@ def validate(cfg: Config) -> Config:
         raise ConfigError("--data is required: train shards as a brace pattern or a folder")
     if not 0 < cfg.gce_q <= 1:
         raise ConfigError(f"--gce-q must lie in (0, 1], got {cfg.gce_q}")
+    if cfg.softreg_lambda < 0:                                            # issue 10
+        raise ConfigError(f"--lambda must be >= 0, got {cfg.softreg_lambda}")
+    if cfg.grad_noise and cfg.method != "ce":
+        raise ConfigError(f"--grad-noise is CE + GN / LN: it needs --method ce, got {cfg.method}")
+    if cfg.grad_noise and not cfg.grad_noise_sigma > 0:
+        raise ConfigError("--grad-noise needs --grad-noise-sigma > 0")
+    if not 0 <= cfg.max_skip_frac <= 1:                                   # issue 7
+        raise ConfigError(f"--max-skip-frac must lie in [0, 1], got {cfg.max_skip_frac}")
     if cfg.method in ("fw", "dmi") and not cfg.init_from:
         raise ConfigError(f"--method {cfg.method} fine-tunes a CE model: pass --init-from RUN")
     return cfg

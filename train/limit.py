@@ -90,7 +90,7 @@ def main(argv=None) -> int:
     if acc.is_main_process:
         (out / "final.json").write_text(json.dumps(final, indent=1) + "\n")
         write_curves(out)                     # curves.png + summary.csv from metrics.jsonl
-        acc.print(f"done: best val {final['best_val_acc']:.4f} at epoch {final['best_epoch']}, "
+        acc.print(f"done: best val {final['best_val_acc']} at epoch {final['best_epoch']}, "
                   f"test {final['test_acc']}, last test {final['test_acc_last']}")
     acc.end_training()
     return 0

@@ -11,6 +11,7 @@ from accelerate.utils import gather_object
 from tqdm import tqdm
 
 from pipeline.batch import to_device
+from pipeline.shards import DataError
 from train import checkpoint
 from train.metrics import Meter
 from train.setup import lr_at
@@ -29,7 +30,7 @@ class Run:
     steps_per_epoch: int                # for the LR schedule's length
     out: Path
     step: int = 0                       # optimizer steps taken, all epochs
-    best: dict = field(default_factory=lambda: {"val_acc": -1.0})
+    best: dict = field(default_factory=lambda: {"score": float("-inf")})
     skipped: list = field(default_factory=list)   # (shard, key, reason, epoch) this session
     n_skipped: int = 0                  # skipped samples, resumed sessions included
 
@@ -58,6 +59,7 @@ def train_epoch(run: Run, epoch: int, resume: dict | None = None) -> dict:
     if resume:                                             # inside an epoch: its sums so far
         meter.sums += torch.tensor(resume["meter"], dtype=torch.float64, device=acc.device)
     position = resume["position"][acc.process_index] if resume else None
+    first_skip = len(run.skipped)                          # --max-skip-frac: this epoch's records
     bar = tqdm(total=loader.steps(epoch), desc=f"epoch {epoch}", disable=not acc.is_main_process, leave=False)
     total, warmup = cfg.epochs * run.steps_per_epoch, int(cfg.warmup_epochs * run.steps_per_epoch)
     t_wait = time.perf_counter()
@@ -86,6 +88,7 @@ def train_epoch(run: Run, epoch: int, resume: dict | None = None) -> dict:
     bar.close()
     wall = time.perf_counter() - t0
     res = meter.result(acc.reduce)
+    check_skips(run, "train", epoch, res["n"], first_skip)
     return {"train_loss": res["loss"], "train_acc": res["acc"], "train_acc_clean": res["acc_clean"],
             "train_acc_flipped": res["acc_flipped"], "train_acc_kept": res["acc_kept"],
             "samples_seen": res["n"], "images_per_s": res["n"] / wall,
@@ -100,6 +103,7 @@ def evaluate(run: Run, split: str, epoch: int = 0) -> dict:
     model = run.accelerator.unwrap_model(run.model)
     model.eval()
     meter = Meter(run.accelerator.device)
+    first_skip = len(run.skipped)
     for batch in run.loaders[split](epoch):
         run.note_skips(batch.skipped, epoch)
         if len(batch):
@@ -107,6 +111,7 @@ def evaluate(run: Run, split: str, epoch: int = 0) -> dict:
             with run.accelerator.autocast():
                 meter.update(model.classifier(b.images), b.labels, b.clean)
     res = meter.result(run.accelerator.reduce)
+    check_skips(run, split, epoch, res["n"], first_skip)
     return {f"{split}_acc": res["acc"], f"{split}_acc_clean": res["acc_clean"]}
 
 
@@ -122,10 +127,11 @@ def fit(run: Run, start_epoch: int = 0, resume: dict | None = None) -> dict:
         row["wall_s"] = time.perf_counter() - t_start
         row["lr"] = run.optimizer.param_groups[0]["lr"]
         # ---- select on the (noisy) validation split: the paper's protocol ----
+        # (without a validation split, the lowest training loss)
         score = row.get("val_acc") if row.get("val_acc") is not None else -row["train_loss"]
-        improved = score > run.best["val_acc"]
+        improved = score > run.best["score"]
         if improved:
-            run.best = {"val_acc": score, "epoch": epoch, "test_acc": row.get("test_acc")}
+            run.best = {"score": score, "val_acc": row.get("val_acc"), "epoch": epoch, "test_acc": row.get("test_acc")}
         # ---- log, then save: a kill in between only repeats this epoch's log line ----
         if acc.is_main_process:
             with open(run.out / "metrics.jsonl", "a") as f:
@@ -137,10 +143,46 @@ def fit(run: Run, start_epoch: int = 0, resume: dict | None = None) -> dict:
         if improved:
             run.save("best", meta)
         acc.log(row, step=epoch)
-    return {"best_val_acc": run.best["val_acc"], "best_epoch": run.best.get("epoch"),
+    return {"best_val_acc": run.best.get("val_acc"), "best_epoch": run.best.get("epoch"),
             "test_acc": run.best.get("test_acc"), "test_acc_last": row.get("test_acc"),
             "epochs": cfg.epochs, "samples_skipped": row.get("samples_skipped", run.n_skipped),
             "wall_s": time.perf_counter() - t_start}
+
+
+# ---- --max-skip-frac (issue 7) ----
+class SkipLimitError(DataError):
+    """Too many samples of a split lost in one epoch: one line on stderr, exit code 2."""
+
+
+def check_skips(run: Run, split: str, epoch: int, seen: int, first: int) -> None:
+    """Stop the run when more than --max-skip-frac of a split's samples were lost this epoch.
+    Lost = the card's count for the split's shards (the subset's, under --max-train-samples)
+    minus the samples read by all ranks: damaged samples, the tail of a cut-off tar and a
+    vanished shard alike, even a loss no record names. Every rank calls it at the same point
+    with the same reduced `seen`, so all stop together (gather_object is a collective).
+    The records so far this epoch are written to skipped.jsonl before stopping."""
+    loader = run.loaders[split]
+    expected = sum(loader.sizes.get(Path(u).name, 0) for u in loader.urls)
+    lost = expected - int(seen)
+    if expected <= 0 or lost <= run.cfg.max_skip_frac * expected:
+        return
+    mine = run.skipped[first:]
+    records = [r for part in gather_object([mine]) for r in part]      # all ranks' records
+    per: dict[str, list] = {}                  # shard -> [samples skipped, shard-level reason]
+    for shard, key, reason, _ in records:
+        if shard:
+            entry = per.setdefault(shard, [0, ""])
+            entry[0] += bool(key)
+            entry[1] = entry[1] if key else reason.split(":")[0]
+    worst = sorted(per.items(), key=lambda kv: (not kv[1][1], -kv[1][0], kv[0]))[:3]
+    names = ", ".join(f"{Path(s).name} ({why or f'{n} samples skipped'})" for s, (n, why) in worst)
+    if run.accelerator.is_main_process:
+        run.skipped[first:] = records
+        write_skips(run, epoch)
+    raise SkipLimitError(f"{split} epoch {epoch}: {lost} of {expected} samples lost "
+                         f"({lost / expected:.1%} > --max-skip-frac {run.cfg.max_skip_frac}); worst shards: "
+                         f"{names or 'none named'}; records in {run.out / 'skipped.jsonl'}")
+# ---- end --max-skip-frac ----
 
 
 def write_skips(run: Run, epoch: int) -> None:

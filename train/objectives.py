@@ -7,7 +7,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from models.limit import Outputs, limit_loss
+from models.limit import Outputs, limit_loss, sample_noise
 
 
 def ce(out: Outputs, labels):
@@ -44,6 +44,41 @@ def limit(out: Outputs, labels, **kw):
     return limit_loss(out.logits, out.aux, labels, **kw)
 
 
+# ---- issue 10: soft regularization (eq. 8) and CE + gradient noise (GN / LN) ----------------
+def softreg(out: Outputs, labels, lambda_: float = 0.01, beta: float = 0.0):
+    """The paper's eq. 8, as the authors' PenalizeLastLayerFixedForm computes it:
+
+    CE(a, y) + lambda * mean_i ||z_i||^2 ||onehot(y_i) - softmax(r_i)||^2
+             + beta   * mean_i ||z_i||^2 ||softmax(a_i) - softmax(r_i)||^2
+
+    z: the classifier's penultimate features (out.features, with their gradient), r: the
+    auxiliary network's logits (out.aux). The lambda term is the cross-entropy H_{p,q} of the
+    last layer's gradient (s(a) - onehot) z^T under q = N((s(a) - s(r)) z^T, I): the predictor
+    learns to guess the label, the classifier can only shrink ||z||. beta penalizes the squared
+    Frobenius norm of that predicted last-layer gradient, ||(s(a) - s(r)) z^T||^2 (the paper's
+    beta ||mu||^2, taken at the last layer); no term is detached, as in the reference."""
+    a, r, z = out.logits.float(), out.aux.float(), out.features.float()
+    z_sq = z.flatten(1).square().sum(1)                                  # (B,)
+    q = r.softmax(1)
+    info = (z_sq * (F.one_hot(labels, a.shape[1]).float() - q).square().sum(1)).mean()
+    mu_sq = (z_sq * (a.softmax(1) - q).square().sum(1)).mean()
+    loss = F.cross_entropy(a, labels) + lambda_ * info + beta * mu_sq
+    return loss, {"info_penalty": info.detach(), "mu_sq": mu_sq.detach(), "z_sq": z_sq.mean().detach()}
+
+
+def ce_grad_noise(out: Outputs, labels, dist: str = "gaussian", sigma: float = 0.0):
+    """CE + GN / LN: the gradient w.r.t. the logits becomes (softmax(a) - onehot(y) + n) / B with
+    n independent zero-mean noise of per-logit standard deviation sigma (models.limit.sample_noise:
+    Gaussian, or Laplace of scale sigma/sqrt(2)), through a surrogate term whose value is 0, so
+    the loss reads as plain CE and AMP, accumulation and clipping stay correct. The reference
+    code adds noise of std s to the gradient of the *mean* CE, (softmax - onehot) / B: its
+    noise_std s is sigma / B here."""
+    a = out.logits.float()
+    n = sample_noise(a.detach(), dist, sigma)
+    return F.cross_entropy(a, labels) + ((a - a.detach()) * n).sum(1).mean(), {}
+# ---- end issue 10 ---------------------------------------------------------------------------
+
+
 def estimate_transition(probs: np.ndarray, percentile: float = 97.0) -> np.ndarray:
     """Patrini et al.'s anchor rule: for class i take the sample at the `percentile` of
     p(i | x) over the data as a near-certain member of i; row i of T is its prediction."""
@@ -66,4 +101,8 @@ def make_objective(cfg, transition: torch.Tensor | None = None):
         return partial(gce, q=cfg.gce_q)
     if cfg.method == "fw":
         return partial(fw, transition=transition)
+    if cfg.method == "softreg":                                           # issue 10
+        return partial(softreg, lambda_=cfg.softreg_lambda, beta=cfg.beta)
+    if cfg.method == "ce" and getattr(cfg, "grad_noise", ""):             # issue 10
+        return partial(ce_grad_noise, dist=cfg.grad_noise, sigma=cfg.grad_noise_sigma)
     return {"ce": ce, "mae": mae, "dmi": dmi}[cfg.method]

@@ -16,6 +16,9 @@ def build_model(cfg, n_classes: int, in_chans: int) -> LimitNet:
     if pretrained and not Path(pretrained).is_file():
         raise ModelError(f"--pretrained {pretrained}: no such file")
     clf = create_backbone(cfg.model, n_classes, in_chans, pretrained_file=pretrained)
+    if cfg.method == "softreg":     # issue 10: eq. 8's auxiliary network r(x), and z with its gradient
+        pred = create_backbone(cfg.predictor_model or cfg.model, n_classes, in_chans, pretrained_file=pretrained)
+        return LimitNet(clf, pred, mode="network", with_features=True)
     if cfg.method != "limit":
         return LimitNet(clf)
     if cfg.predictor == "head":
