@@ -9,6 +9,8 @@ import random
 from dataclasses import dataclass
 
 import numpy as np
+import torch
+import torch.nn.functional as F
 from PIL import Image
 
 FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF")   # skips PIL probing ~40 other formats
@@ -54,11 +56,16 @@ def random_resized_box(w: int, h: int, spec: AugSpec, rng: random.Random) -> tup
     return (w - side) // 2, (h - side) // 2, side, side
 
 
-def decode(data: bytes, spec: AugSpec, shrink_to: int = 0) -> Image.Image:
+def open_image(data: bytes) -> Image.Image:
+    """Parse the header only (PIL is lazy): size and format before any pixel is decoded."""
+    return Image.open(io.BytesIO(data), formats=FORMATS)
+
+
+def decode(data: bytes | Image.Image, spec: AugSpec, shrink_to: int = 0) -> Image.Image:
     """Decode to the spec's mode. For JPEGs, `draft` lets libjpeg decode at 1/2, 1/4 or 1/8
     scale directly (DCT-domain scaling), as long as the shorter side stays >= shrink_to:
     ~1.4x faster decodes when the crop is smaller than the image (design.md section 5)."""
-    img = Image.open(io.BytesIO(data), formats=FORMATS)
+    img = open_image(data) if isinstance(data, bytes) else data
     mode = "L" if spec.channels == 1 else "RGB"
     if shrink_to and img.format == "JPEG":
         w, h = img.size
@@ -69,58 +76,55 @@ def decode(data: bytes, spec: AugSpec, shrink_to: int = 0) -> Image.Image:
     return img if img.mode == mode else img.convert(mode)
 
 
-def _resize_shorter(img: Image.Image, side: int) -> Image.Image:
-    w, h = img.size
-    if min(w, h) == side:
-        return img
-    s = side / min(w, h)
-    return img.resize((max(side, round(w * s)), max(side, round(h * s))), Image.BILINEAR)
+def to_tensor(img: Image.Image) -> torch.Tensor:
+    """uint8 (C, H, W), a view of HWC memory (what channels_last wants)."""
+    arr = np.array(img, dtype=np.uint8)
+    return torch.from_numpy(arr[:, :, None] if arr.ndim == 2 else arr).permute(2, 0, 1)
 
 
-def _crop(img: Image.Image, left: int, top: int, size: int) -> Image.Image:
-    if img.size == (size, size):
-        return img
-    return img.crop((left, top, left + size, top + size))
+def resize(t: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """Antialiased bilinear resize of uint8 (C, H, W), as PIL's BILINEAR does: torch's uint8
+    kernel runs ~6x faster than PIL's (0.2 vs 1.4 ms for 500x500 -> 224, one core)."""
+    if t.shape[1:] == (h, w):
+        return t
+    return F.interpolate(t[None], size=(h, w), mode="bilinear", antialias=True)[0]
 
 
-def train_image(data: bytes, spec: AugSpec, rng: random.Random) -> np.ndarray:
-    """Bytes -> augmented uint8 array (H, W, C)."""
+def resize_shorter(t: torch.Tensor, side: int) -> torch.Tensor:
+    h, w = t.shape[1:]
+    s = side / min(h, w)
+    return resize(t, max(side, round(h * s)), max(side, round(w * s)))
+
+
+def train_image(data: bytes, spec: AugSpec, rng: random.Random) -> torch.Tensor:
+    """Bytes -> augmented uint8 (C, H, W)."""
     if spec.crop == "random_resized":
-        img = Image.open(io.BytesIO(data))
-        box = random_resized_box(*img.size, spec, rng)
+        img = open_image(data)
         full_w = img.size[0]
-        img = decode(data, spec, shrink_to=round(spec.size * min(img.size) / min(box[2:])))
+        l, t, w, h = random_resized_box(*img.size, spec, rng)
+        img = decode(img, spec, shrink_to=round(spec.size * min(img.size) / min(w, h)))
         f = img.size[0] / full_w                       # draft may have decoded smaller
-        l, t, w, h = (v * f for v in box)
-        img = img.resize((spec.size, spec.size), Image.BILINEAR, box=(l, t, l + w, t + h))
+        box = (int(l * f), int(t * f), max(int(l * f) + 1, round((l + w) * f)), max(int(t * f) + 1, round((t + h) * f)))
+        out = resize(to_tensor(img.crop(box)), spec.size, spec.size)
     elif spec.crop == "random":
-        img = _resize_shorter(decode(data, spec, shrink_to=spec.resize or spec.size), spec.resize or spec.size)
-        w, h = img.size
-        img = _crop(img, rng.randint(0, w - spec.size), rng.randint(0, h - spec.size), spec.size)
+        side = spec.resize or spec.size
+        out = resize_shorter(to_tensor(decode(data, spec, shrink_to=side)), side)
+        top, left = rng.randint(0, out.shape[1] - spec.size), rng.randint(0, out.shape[2] - spec.size)
+        out = out[:, top:top + spec.size, left:left + spec.size]
     elif spec.crop == "pad_random":
-        arr = np.asarray(decode(data, spec))
-        pad = ((spec.pad, spec.pad), (spec.pad, spec.pad)) + ((0, 0),) * (arr.ndim - 2)
-        arr = np.pad(arr, pad)
-        t, l = rng.randint(0, arr.shape[0] - spec.size), rng.randint(0, arr.shape[1] - spec.size)
-        img = Image.fromarray(arr[t:t + spec.size, l:l + spec.size])
+        out = F.pad(to_tensor(decode(data, spec)), (spec.pad,) * 4)
+        top, left = rng.randint(0, out.shape[1] - spec.size), rng.randint(0, out.shape[2] - spec.size)
+        out = out[:, top:top + spec.size, left:left + spec.size]
     else:
-        img = eval_image_pil(data, spec)
+        out = eval_image(data, spec)
     if spec.flip and rng.random() < 0.5:
-        img = img.transpose(Image.FLIP_LEFT_RIGHT)
-    return _as_hwc(img)
+        out = out.flip(2)
+    return out
 
 
-def eval_image_pil(data: bytes, spec: AugSpec) -> Image.Image:
+def eval_image(data: bytes, spec: AugSpec) -> torch.Tensor:
+    """Resize the shorter side to `resize` (or `size`), centre crop `size`: uint8 (C, H, W)."""
     side = spec.resize or spec.size
-    img = _resize_shorter(decode(data, spec, shrink_to=side), side)
-    w, h = img.size
-    return _crop(img, (w - spec.size) // 2, (h - spec.size) // 2, spec.size)
-
-
-def eval_image(data: bytes, spec: AugSpec) -> np.ndarray:
-    return _as_hwc(eval_image_pil(data, spec))
-
-
-def _as_hwc(img: Image.Image) -> np.ndarray:
-    arr = np.asarray(img, dtype=np.uint8)
-    return arr[:, :, None] if arr.ndim == 2 else arr
+    out = resize_shorter(to_tensor(decode(data, spec, shrink_to=side)), side)
+    top, left = (out.shape[1] - spec.size) // 2, (out.shape[2] - spec.size) // 2
+    return out[:, top:top + spec.size, left:left + spec.size]

@@ -150,7 +150,7 @@ def skip_items(items, n: int):
 
 
 def decode(items, spec: ReadSpec, skips: list, epoch: int = 0):
-    """-> (uint8 HWC array, label, index, clean)."""
+    """-> (uint8 (C, H, W) tensor, label, index, clean)."""
     for s, label, index, clean in items:
         data = records.image_member(s)[1]
         try:
@@ -188,7 +188,9 @@ def _collate(buf, skips):
         e = torch.zeros(0, dtype=torch.int64)
         return torch.zeros(0, 1, 1, 1, dtype=torch.uint8), e, e, e, taken
     arrs, labels, index, clean = zip(*buf)
-    images = torch.from_numpy(np.stack(arrs)).permute(0, 3, 1, 2).contiguous()
+    # NHWC memory behind an NCHW shape: the layout channels_last convolutions want, and one
+    # copy per image instead of a stack plus a transpose
+    images = torch.stack([a.permute(1, 2, 0) for a in arrs]).permute(0, 3, 1, 2)
     t = lambda v: torch.tensor(v, dtype=torch.int64)  # noqa: E731
     return images, t(labels), t(clean), t(index), taken
 
