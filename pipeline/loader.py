@@ -114,7 +114,7 @@ class Loader:
         the same number of DDP steps (a rank that runs dry would hang the others)."""
         order = shards.epoch_order(self.urls, self.spec.seed, epoch, shuffle=self.spec.train)
         w = 1 if self.backend == "dali" else max(1, self.workers)   # DALI: one stream per rank
-        per_rank = [sum(worker_batches(sum(self.sizes.get(Path(u).name, 0) for u in shards.for_worker(mine, i, w)),
+        per_rank = [sum(worker_batches(sum(self.sizes.get(shards.shard_name(u), 0) for u in shards.for_worker(mine, i, w)),
                                        self.spec.batch_size) for i in range(w))
                     for mine in (shards.for_rank(order, Part(r, self.part.world)) for r in range(self.part.world))]
         return max(per_rank)

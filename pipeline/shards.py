@@ -53,13 +53,30 @@ def _looks_like_card(path: Path) -> bool:
         return False
 
 
+def shard_path(url: str) -> str:
+    """The shard's path inside a URL: `pipe:aws s3 cp s3://b/x-003.tar -` -> `s3://b/x-003.tar`."""
+    if url.startswith("pipe:"):
+        tars = re.findall(r"\S+\.tar\b", url[5:])
+        return tars[-1] if tars else url
+    return url.removeprefix("file:")
+
+
+def shard_name(url: str) -> str:
+    """`x-003.tar`, the key of the card's per-shard counts."""
+    return shard_path(url).rsplit("/", 1)[-1]
+
+
 def card_path_for(url: str) -> Path:
-    """The dataset card beside a shard: `dir/NAME-val-003.tar` -> `dir/NAME.json`."""
-    path = Path(url.removeprefix("file:"))
-    m = _SHARD_NAME.match(path.name)
+    """The dataset card beside a shard: `dir/NAME-val-003.tar` -> `dir/NAME.json`. For a
+    remote shard (`pipe:...`, `s3://...`) a local copy of the card is looked for in the folder
+    the URL names, then in the current folder."""
+    path = shard_path(url)
+    m = _SHARD_NAME.match(path.rsplit("/", 1)[-1])
     if not m:
         raise DataError(f"cannot find the dataset card for {url}: name is not NAME-NNN.tar")
-    return path.with_name(m.group("name") + ".json")
+    card = m.group("name") + ".json"
+    beside = Path(path).with_name(card)
+    return beside if beside.exists() or "://" not in path else Path(card)
 
 
 def read_card(path: Path) -> dict:

@@ -7,6 +7,8 @@ leave the card, the manifest and the index as they were: the file was cut short 
 it was written (a network copy that stopped half way)."""
 import random
 import shutil
+import struct
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -69,6 +71,19 @@ def _cut_image(s, k):                # a PNG/JPEG whose data stops half way
     s[name] = s[name][: len(s[name]) // 2]
 
 
+def _broken_png_chunk(s, k):        # PIL raises SyntaxError("broken PNG file") on this one
+    name = _image_name(s)
+    png = s[name]
+    assert name.endswith(".png"), "broken_png_chunk needs a PNG sample"
+    i = png.index(b"IDAT") - 4
+    n = struct.unpack(">I", png[i:i + 4])[0]
+    data, half = png[i + 8:i + 8 + n], n // 2
+
+    def chunk(kind, d):
+        return struct.pack(">I", len(d)) + kind + d + struct.pack(">I", zlib.crc32(kind + d))
+    s[name] = png[:i] + chunk(b"IDAT", data[:half]) + chunk(b"\x01\x02\x03\x04", data[half:]) + png[i + 12 + n:]
+
+
 def _no_cls(s, k):
     del s[f"{k}.cls"]
 
@@ -94,13 +109,14 @@ KINDS = {
     "garbage_image": (_garbage_image, "bad image"),
     "zero_byte_image": (_zero_byte_image, "bad image"),
     "cut_image": (_cut_image, "bad image"),
+    "broken_png_chunk": (_broken_png_chunk, "bad image: SyntaxError"),
     "no_cls": (_no_cls, "KeyError: 'cls'"),
     "no_image": (_no_image, "no jpg or png member"),
     "text_cls": (_text_cls, "cls is not an integer"),
     "out_of_range_cls": (_out_of_range_cls, "outside [0, 10)"),
     "negative_cls": (_negative_cls, "label -1 outside"),
 }
-UNDECODABLE = {"garbage_image", "zero_byte_image", "cut_image"}   # DALI cannot skip these
+UNDECODABLE = {"garbage_image", "zero_byte_image", "cut_image", "broken_png_chunk"}   # DALI cannot skip these
 
 
 def damage_samples(folder: Path, shard: str, plan: dict[int, str]) -> list[Damage]:

@@ -80,3 +80,11 @@ def test_evaluation_with_fewer_shards_than_ranks(uneven_shards):
                                      noise=data.noise_table(ds, "none", "", 0), keep=None, part=Part(rank, 4))
         seen += [i for b in loaders["test"](0) for i in b.index.tolist()]
     assert sorted(seen) == sorted(set(seen)) and len(seen) == ds.card["splits"]["test"]["count"]
+
+
+def test_shards_through_a_pipe_url(uneven_shards):
+    """Object-store style URLs: webdataset's gopen runs the command and reads its stdout."""
+    ds = data.resolve([f"pipe:cat {uneven_shards}/digits-{{000..007}}.tar"])
+    assert ds.urls["train"][0].startswith("pipe:cat ")
+    index = [i for r in (0, 1) for b in rank_batches(ds, r, 2, 1)[0] if not b.pad for i in b.index.tolist()]
+    assert sorted(index) == sorted(set(index)) and len(index) == ds.card["splits"]["train"]["count"]
