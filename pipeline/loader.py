@@ -6,7 +6,10 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute  # noqa: F401  (pa.compute)
 import pyarrow.parquet as pq
+import torch
 
 
 from pipeline import shards
@@ -81,6 +84,44 @@ def shard_sizes(ds: Dataset, keep: np.ndarray | None) -> dict[str, int]:
     return sizes
 
 
+class Balanced:
+    """--balance N: each epoch, N train samples drawn class-balanced from the *given* labels
+    (N/K per class without replacement; a class with fewer samples gives all it has), as the
+    DivideMix and ELR Clothing1M recipes do. A function of (seed, epoch) only, so DDP ranks
+    and resumed runs agree. Callable like a subset mask: epoch -> bool mask over indices.
+    (Every shard is still read, headers only for the samples left out.)"""
+
+    def __init__(self, ds: Dataset, n: int, seed: int, noise: NoiseTable, keep: np.ndarray | None):
+        t = pq.read_table(ds.card_path.with_suffix(".parquet"), columns=["split", "shard", "index", "label"])
+        t = t.filter(pa.compute.equal(t["split"], "train")).to_pydict()
+        index = np.array(t["index"], dtype=np.int64)
+        given = noise.apply(torch.as_tensor(t["label"]), torch.as_tensor(index)).numpy()
+        use = keep[index] if keep is not None else np.ones(len(index), dtype=bool)
+        k = len(ds.classes)
+        self.by_class = [index[use & (given == c)] for c in range(k)]
+        self.per_class, self.seed, self.n_total = max(1, n // k), seed, ds.card["num_indices"]
+        self.shard_of = dict(zip(t["index"], t["shard"]))
+        self._cache: tuple = (None, None)
+
+    def __call__(self, epoch: int) -> np.ndarray:
+        if self._cache[0] != epoch:
+            rng = np.random.default_rng([self.seed, epoch])
+            mask = np.zeros(self.n_total, dtype=bool)
+            for members in self.by_class:
+                mask[rng.choice(members, min(self.per_class, len(members)), replace=False)] = True
+            self._cache = (epoch, mask)
+        return self._cache[1]
+
+    def count(self, epoch: int = 0) -> int:
+        return int(self(epoch).sum())
+
+    def sizes(self, epoch: int) -> dict[str, int]:
+        sizes: dict[str, int] = {}
+        for i in np.flatnonzero(self(epoch)).tolist():
+            sizes[self.shard_of[i]] = sizes.get(self.shard_of[i], 0) + 1
+        return sizes
+
+
 def worker_batches(n: int, batch_size: int) -> int:
     """Batches a worker yields for n samples (cpu.batched folds a lone tail into the batch before)."""
     full, rest = divmod(n, batch_size)
@@ -109,12 +150,16 @@ class Loader:
         return Loader(self.urls, replace(self.spec, train=False), self.n_classes, workers=self.workers,
                       noise=self.noise, keep=self.keep, part=self.part, backend=self.backend, sizes=self.sizes)
 
+    def keep_at(self, epoch: int) -> np.ndarray | None:
+        return self.keep(epoch) if callable(self.keep) else self.keep
+
     def steps(self, epoch: int) -> int:
         """Batches every rank yields this epoch: the most any rank has, so that all ranks take
         the same number of DDP steps (a rank that runs dry would hang the others)."""
         order = shards.epoch_order(self.urls, self.spec.seed, epoch, shuffle=self.spec.train)
         w = 1 if self.backend == "dali" else max(1, self.workers)   # DALI: one stream per rank
-        per_rank = [sum(worker_batches(sum(self.sizes.get(shards.shard_name(u), 0) for u in shards.for_worker(mine, i, w)),
+        sizes = self.keep.sizes(epoch) if callable(self.keep) else self.sizes
+        per_rank = [sum(worker_batches(sum(sizes.get(shards.shard_name(u), 0) for u in shards.for_worker(mine, i, w)),
                                        self.spec.batch_size) for i in range(w))
                     for mine in (shards.for_rank(order, Part(r, self.part.world)) for r in range(self.part.world))]
         return max(per_rank)
@@ -148,12 +193,13 @@ class Loader:
         if self.backend == "dali":
             if self._dali is None:      # one pipeline for all epochs, over epoch 0's shard split
                 from pipeline.dali import DaliStream
-                self._dali = DaliStream(mine, self.spec, self.n_classes, self.workers, self.part.rank, self.keep)
+                self._dali = DaliStream(mine, self.spec, self.n_classes, self.workers, self.part.rank)
+            self._dali.keep = self.keep_at(epoch)
             source = ((*b, 0, n) for n, b in enumerate(self._dali(epoch)) if n >= self.position.get(0, 0))
             streams = 1
         else:
             source = cpu_batches(mine, self.spec, self.n_classes, epoch, self.workers, self.part.rank,
-                                 self.keep, skip=self.position)
+                                 self.keep_at(epoch), skip=self.position)
             streams = max(1, self.workers)
         for images, labels, clean, index, skipped, worker, n in round_robin(source, streams):
             given = self.noise.apply(labels, index) if self.noise is not None and len(labels) else labels
@@ -186,7 +232,8 @@ def round_robin(tagged, streams: int):
 
 def build_loaders(ds: Dataset, aug: AugSpec, *, batch_size: int, workers: int, seed: int,
                   noise: NoiseTable, keep, part: Part = Part(), backend: str = "cpu") -> dict[str, Loader]:
-    loaders, sizes = {}, shard_sizes(ds, keep)
+    """keep: a subset mask, a Balanced sampler (a mask per epoch) or None, for train only."""
+    loaders, sizes = {}, shard_sizes(ds, None if callable(keep) else keep)
     for split, urls in ds.urls.items():
         train = split == "train"
         spec = ReadSpec(aug, train=train, batch_size=batch_size, seed=seed)

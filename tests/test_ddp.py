@@ -6,6 +6,9 @@ import shutil
 import subprocess
 import sys
 
+from collections import Counter
+
+import numpy as np
 import pytest
 import torch
 
@@ -88,3 +91,25 @@ def test_shards_through_a_pipe_url(uneven_shards):
     assert ds.urls["train"][0].startswith("pipe:cat ")
     index = [i for r in (0, 1) for b in rank_batches(ds, r, 2, 1)[0] if not b.pad for i in b.index.tolist()]
     assert sorted(index) == sorted(set(index)) and len(index) == ds.card["splits"]["train"]["count"]
+
+
+def test_class_balanced_resampling(uneven_shards):
+    ds = data.resolve([str(uneven_shards)])
+    noise = data.noise_table(ds, "uniform:0.3", "", 0)
+    bal = data.Balanced(ds, 200, seed=0, noise=noise, keep=None)
+    per_epoch = []
+    for epoch in (0, 1):
+        seen, labels = [], []
+        for rank in (0, 1):
+            aug = data.spec_from_card(ds.card)
+            ld = data.build_loaders(ds, aug, batch_size=16, workers=1, seed=0, noise=noise, keep=bal,
+                                    part=Part(rank, 2))["train"]
+            for b in ld(epoch):
+                if len(b) and not b.pad:
+                    seen += b.index.tolist()
+                    labels += b.labels.tolist()
+        assert len(seen) == len(set(seen)) == 200
+        assert sorted(Counter(labels).values()) == [20] * 10        # 200 / 10 classes, given labels
+        per_epoch.append(sorted(seen))
+    assert per_epoch[0] != per_epoch[1]                              # redrawn each epoch
+    assert np.array_equal(bal(1), data.Balanced(ds, 200, 0, noise, None)(1))   # (seed, epoch) only

@@ -102,3 +102,9 @@ def test_baselines_run_end_to_end(digit_shards, tmp_path):
         assert run(digit_shards, tmp_path / method, "--epochs", "1", "--method", method,
                    "--noise", "uniform:0.4", *extra) == 0, method
         assert json.loads((tmp_path / method / "final.json").read_text())["test_acc"] is not None
+
+
+def test_balanced_epochs_end_to_end(digit_shards, tmp_path):
+    assert run(digit_shards, tmp_path / "bal", "--balance", "300", "--noise", "uniform:0.2") == 0
+    rows = [json.loads(line) for line in (tmp_path / "bal/metrics.jsonl").read_text().splitlines()]
+    assert [r["samples_seen"] for r in rows] == [300, 300]

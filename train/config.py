@@ -24,6 +24,7 @@ class Config:
     workers: int = opt(2, "decode worker processes per rank")
     image_size: int = opt(0, "crop side in pixels (0: the dataset card's recipe)")
     max_train_samples: int = opt(0, "a seeded subset of the train split of this size (0: all)")
+    balance: int = opt(0, "each epoch, this many train samples drawn class-balanced from the given labels (0: off)")
     noise: str = opt("none", "label noise on train and val: none | uniform:P | pair:P | matrix:FILE")
     noise_pairs: str = opt("", "pair noise as SRC>DST,... class names (default: CIFAR-10's pairs)")
     noise_seed: int = opt(0, "seed of the noise table (label = f(clean label, index, seed))")
@@ -93,7 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 POSITIVE = ("epochs", "batch_size", "lr")
-NON_NEGATIVE = ("save_every", "workers", "image_size", "max_train_samples", "beta", "sigma", "weight_decay",
+NON_NEGATIVE = ("balance", "save_every", "workers", "image_size", "max_train_samples", "beta", "sigma", "weight_decay",
                 "warmup_epochs", "clip_grad", "grad_noise_sigma")
 
 

@@ -50,10 +50,13 @@ def main(argv=None) -> int:
     part = Part(acc.process_index, acc.num_processes)
     backend, backend_note = data.choose_backend(cfg.backend)
     keep = data.subset_mask(ds, cfg.max_train_samples, cfg.seed)
+    noise = data.noise_table(ds, cfg.noise, cfg.noise_pairs, cfg.noise_seed)
+    if cfg.balance:
+        keep = data.Balanced(ds, cfg.balance, cfg.seed, noise, keep)
     loaders = data.build_loaders(ds, aug, batch_size=cfg.batch_size, workers=cfg.workers, seed=cfg.seed,
-                                 noise=data.noise_table(ds, cfg.noise, cfg.noise_pairs, cfg.noise_seed),
-                                 keep=keep, part=part, backend=backend)
-    n_train = int(keep.sum()) if keep is not None else ds.card["splits"]["train"]["count"]
+                                 noise=noise, keep=keep, part=part, backend=backend)
+    n_train = (keep.count() if cfg.balance else int(keep.sum()) if keep is not None
+               else ds.card["splits"]["train"]["count"])
     steps = math.ceil(n_train / (cfg.batch_size * acc.num_processes))
     # ---- model ----
     model = setup.build_model(cfg, len(ds.classes), aug.channels)

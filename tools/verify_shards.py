@@ -1,0 +1,289 @@
+"""Check a shard set written by tools/make_shards.py against its dataset card and manifest.
+
+    python tools/verify_shards.py DIR --name NAME [--workers K] [--show N]
+
+Reads every tar listed in DIR/NAME.json with the trainer's own tar reader and checks: each
+shard exists, reads to its end and holds the card's sample count; each split's count; every
+sample has one image that decodes in full, an integer label in [0, classes), and index /
+clean-label metadata agreeing with its label; every key appears exactly once in the set and
+every index is unique and below the card's num_indices; the manifest (NAME.parquet) has the
+same keys, with the same split, shard, index, label and clean label, so the same counts per
+split and per class; each DALI index (.idx) matches its tar; no stray NAME-*.tar or
+unfinished *.tmp file is left in DIR.
+
+Exit code 0 with a one-line summary when all holds; 1 with the list of problems (the first
+N, default 50, and how many more); 2 for bad arguments."""
+import argparse
+import io
+import os
+import sys
+import time
+from collections import Counter, defaultdict
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+from PIL import Image
+
+from pipeline import records
+from pipeline.shards import DataError, read_card
+from pipeline.tario import iter_tar
+
+# What damaged shards raise while being read or decoded (PIL: SyntaxError on a broken PNG chunk)
+BAD_DATA = (OSError, ValueError, KeyError, EOFError, UnicodeDecodeError, SyntaxError,
+            Image.DecompressionBombError)
+MANIFEST_COLUMNS = ["key", "split", "shard", "index", "label", "clean_label"]
+
+
+def read_shard(path: str, n_classes: int) -> dict:
+    """One shard: its samples [(key, label, index, clean)], problems and member layout.
+    Runs in a worker process; decodes every image in full."""
+    name = Path(path).name
+    samples, problems, groups, broken = [], [], [], True
+    try:
+        with open(path, "rb") as f:
+            for key, members in _grouped(iter_tar(f)):
+                groups.append(key)
+                problems += [f"{name}: {key}: {p}" for p in _check_sample(key, members, n_classes, samples)]
+        broken = False
+    except FileNotFoundError:
+        problems.append(f"{name}: missing (the card lists it)")
+    except BAD_DATA as e:
+        problems.append(f"{name}: cut off or unreadable after {len(groups)} samples ({type(e).__name__}: {e})")
+    return {"file": name, "samples": samples, "problems": problems, "keys": groups, "broken": broken}
+
+
+def _grouped(members):
+    """(key, [(ext, bytes), ...]) per run of members sharing a key, in tar order."""
+    key_now, group = None, []
+    members = iter(members)
+    while True:
+        try:
+            name, data = next(members)
+        except StopIteration:
+            break
+        except BAD_DATA:
+            if group:                   # the members read whole before the tar broke
+                yield key_now, group
+            raise
+        prefix, _, base = name.rpartition("/")
+        key, _, ext = base.partition(".")
+        key = f"{prefix}/{key}" if prefix else key
+        if key != key_now and group:
+            yield key_now, group
+            group = []
+        key_now = key
+        group.append((ext, data))
+    if group:
+        yield key_now, group
+
+
+def _check_sample(key: str, members: list, n_classes: int, samples: list) -> list[str]:
+    problems = []
+    exts = [e for e, _ in members]
+    repeated = sorted({e for e in exts if exts.count(e) > 1})
+    if repeated:
+        problems.append(f"members repeated ({', '.join(repeated)}): the key is written twice")
+    m = dict(members)
+    images = [e for e in exts if e in records.IMAGE_EXTS]
+    if not images:
+        problems.append("no jpg or png member")
+    else:
+        try:
+            img = Image.open(io.BytesIO(m[images[0]]))
+            img.load()                                          # decodes every pixel
+        except BAD_DATA as e:
+            problems.append(f"image does not decode ({type(e).__name__}: {_short(e)})")
+    label = None
+    if "cls" not in m:
+        problems.append("no cls member")
+    else:
+        try:
+            label = records.parse_label(m["cls"])
+            if not 0 <= label < n_classes:
+                problems.append(f"label {label} outside [0, {n_classes})")
+        except (ValueError, UnicodeDecodeError) as e:
+            problems.append(f"bad cls: {_short(e)}")
+    index = clean = None
+    try:
+        index, clean = records.parse_ids(m)
+    except (KeyError, ValueError, TypeError):   # TypeError: a JSON value of the wrong type
+        problems.append("no readable ids or json member (index, clean label)")
+    if "ids" in m and label is not None and len(m["ids"]) == 3 * records.IDS_DTYPE.itemsize:
+        ids_label = int(np.frombuffer(m["ids"], dtype=records.IDS_DTYPE)[0])
+        if ids_label != label:
+            problems.append(f"ids says label {ids_label}, cls says {label}")
+    if "ids" in m and "json" in m and index is not None:
+        try:
+            if records.parse_meta(m["json"]) != (index, clean):
+                problems.append(f"json says (index, clean) {records.parse_meta(m['json'])}, ids says {(index, clean)}")
+        except (KeyError, ValueError, TypeError):
+            problems.append("unreadable json member")
+    samples.append((key, label, index, clean))
+    return problems
+
+
+def _short(e) -> str:
+    return " ".join(str(e).split())[:120]
+
+
+def check_index(tar: Path, keys: list[str]) -> list[str]:
+    """The DALI index beside a tar: one line per sample, the same keys, inside the file."""
+    idx = tar.with_suffix(".idx")
+    if not idx.is_file():
+        return [f"{idx.name}: missing (the DALI backend needs it)"]
+    try:
+        lines = [ln.split() for ln in idx.read_text().split("\n")]
+        head, rows = lines[0], [t for t in lines[1:] if t]
+        step = 4 if head[0] == "v1.2" else 3
+        end = max((int(o) + int(z) for t in rows for o, z in zip(t[1::step], t[2::step])), default=0)
+        names = [t[3].rsplit(".", 1)[0] for t in rows] if step == 4 else None
+    except (OSError, ValueError, IndexError) as e:
+        return [f"{idx.name}: unreadable ({type(e).__name__}: {e})"]
+    problems = []
+    if int(head[1]) != len(rows) or len(rows) != len(keys):
+        problems.append(f"{idx.name}: {len(rows)} samples, header says {head[1]}, the tar has {len(keys)}")
+    elif names is not None and names != keys:
+        problems.append(f"{idx.name}: keys differ from the tar's")
+    if tar.is_file() and end > tar.stat().st_size:
+        problems.append(f"{idx.name}: points {end} bytes into a {tar.stat().st_size}-byte tar")
+    return problems
+
+
+def verify(folder: Path, name: str, workers: int = 1) -> tuple[list[str], str]:
+    """-> (problems, summary)."""
+    problems: list[str] = []
+    try:
+        card = read_card(folder / f"{name}.json")
+    except DataError as e:
+        return [str(e)], ""
+    classes, n_indices = card["classes"], card.get("num_indices")
+    n_classes = len(classes)
+    listed = [(split, s["file"], s["count"]) for split, sp in card["splits"].items() for s in sp["shards"]]
+    for split, sp in card["splits"].items():
+        total = sum(s["count"] for s in sp["shards"])
+        if sp.get("count") != total:
+            problems.append(f"card: split {split} says {sp.get('count')} samples, its shards {total}")
+    # ---- the tars ----
+    paths = [str(folder / f) for _, f, _ in listed]
+    with ProcessPoolExecutor(workers) if workers > 1 else _Serial() as pool:
+        results = list(pool.map(read_shard, paths, [n_classes] * len(paths)))
+    found: dict[str, tuple] = {}                       # key -> (split, shard, label, index, clean)
+    where: dict[str, list] = defaultdict(list)
+    by_index: dict[int, str] = {}
+    for (split, file, count), res in zip(listed, results):
+        problems += res["problems"]
+        broken = res["broken"]                      # missing or cut off: said once, above
+        if len(res["samples"]) != count and not broken:
+            problems.append(f"{file}: {len(res['samples'])} samples, the card says {count}")
+        if not broken:
+            problems += check_index(folder / file, res["keys"])
+        for key, label, index, clean in res["samples"]:
+            where[key].append(file)
+            found.setdefault(key, (split, file, label, index, clean))
+            if index is not None:
+                if index in by_index and by_index[index] != key:
+                    problems.append(f"{file}: {key}: index {index} also used by {by_index[index]}")
+                by_index.setdefault(index, key)
+                if n_indices is not None and not 0 <= index < n_indices:
+                    problems.append(f"{file}: {key}: index {index} outside [0, {n_indices})")
+    for key, files in where.items():
+        if len(files) > 1:
+            problems.append(f"key {key} appears {len(files)} times (in {', '.join(sorted(set(files)))})")
+    # ---- the manifest ----
+    manifest = folder / f"{name}.parquet"
+    try:
+        t = pq.read_table(manifest, columns=MANIFEST_COLUMNS).to_pydict()
+    except (OSError, ValueError, KeyError) as e:   # pyarrow's errors derive from these
+        problems.append(f"manifest {manifest.name}: unreadable ({type(e).__name__}: {_short(e)})")
+        t = None
+    if t is not None:
+        rows = {}
+        for key, split, shard, index, label, clean in zip(*(t[c] for c in MANIFEST_COLUMNS)):
+            if key in rows:
+                problems.append(f"manifest: key {key} listed twice")
+            rows[key] = (split, shard, label, index, clean)
+        lost = defaultdict(list)                    # shard -> manifest keys no tar holds
+        for key in sorted(rows.keys() - found.keys()):
+            lost[rows[key][1]].append(key)
+        for shard, keys in sorted(lost.items()):
+            more = f", ... ({len(keys)} in all)" if len(keys) > 3 else ""
+            problems.append(f"manifest: {len(keys)} sample(s) of {shard} are in no tar: {', '.join(keys[:3])}{more}")
+        for key in sorted(found.keys() - rows.keys()):
+            problems.append(f"{found[key][1]}: {key} is not in the manifest")
+        for key in sorted(rows.keys() & found.keys()):
+            if None in found[key]:
+                continue                            # a damaged sample: its problem is listed
+            if rows[key] != found[key]:
+                problems.append(f"{found[key][1]}: {key}: tar has (split, shard, label, index, clean) "
+                                f"{found[key]}, the manifest {rows[key]}")
+        tar_counts = Counter((v[0], v[2]) for v in found.values())
+        man_counts = Counter((v[0], v[2]) for v in rows.values())
+        for split, label in sorted(tar_counts.keys() | man_counts.keys(), key=str):
+            a, b = tar_counts[(split, label)], man_counts[(split, label)]
+            if a != b:
+                cls = classes[label] if isinstance(label, int) and 0 <= label < n_classes else label
+                problems.append(f"split {split} class {cls!r}: {a} samples in the tars, {b} in the manifest")
+    # ---- leftovers ----
+    names = {f for _, f, _ in listed}
+    for p in sorted(folder.iterdir()):
+        if p.name.startswith(name + "-") and p.suffix == ".tar" and p.name not in names and _is_own(p.name, name):
+            problems.append(f"{p.name}: a shard the card does not list")
+        if p.name.startswith(name) and p.name.endswith(".tmp"):
+            problems.append(f"{p.name}: an unfinished file (a killed make_shards run? re-run it)")
+    counts = ", ".join(f"{s} {sp.get('count')}" for s, sp in card["splits"].items())
+    summary = (f"{folder / name}: {len(listed)} shards, {counts} samples, {n_classes} classes; "
+               f"every key once, every image decodes, card and manifest agree")
+    return problems, summary
+
+
+def _is_own(file: str, name: str) -> bool:
+    rest = file[len(name) + 1:-4]
+    rest = rest.split("-", 1)[1] if rest.startswith(("val-", "test-")) else rest
+    return rest.isdigit()
+
+
+class _Serial:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def map(self, fn, *its):
+        return map(fn, *its)
+
+
+def report(problems: list[str], show: int) -> list[str]:
+    """The first `show` problems, and how many more there are."""
+    out = problems[:show]
+    if len(problems) > show:
+        out.append(f"... and {len(problems) - show} more")
+    return out
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("dir", type=Path, help="the shard folder (--out of make_shards)")
+    p.add_argument("--name", required=True, help="dataset name: DIR/NAME.json is the card")
+    p.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1), help="decode processes")
+    p.add_argument("--show", type=int, default=50, help="problems listed (the count says how many more)")
+    args = p.parse_args(argv)
+    if args.workers < 1:
+        p.error("--workers must be >= 1")
+    if not args.dir.is_dir():
+        p.error(f"DIR {args.dir}: not a folder")
+    t0 = time.perf_counter()
+    problems, summary = verify(args.dir, args.name, args.workers)
+    if problems:
+        print(f"verify_shards: {len(problems)} problem(s) in {args.dir / args.name}:", file=sys.stderr)
+        for line in report(problems, args.show):
+            print(f"  {line}", file=sys.stderr)
+        return 1
+    print(f"verify_shards: ok: {summary} ({time.perf_counter() - t0:.1f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
