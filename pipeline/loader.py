@@ -77,10 +77,10 @@ def shard_sizes(ds: Dataset, keep: np.ndarray | None) -> dict[str, int]:
     """Samples per shard file name that a reader will yield (the subset counted in)."""
     if keep is None:
         return shards.shard_counts(ds.card)
-    t = pq.read_table(ds.card_path.with_suffix(".parquet"), columns=["shard", "index"]).to_pydict()
+    t = pq.read_table(ds.card_path.with_suffix(".parquet"), columns=["split", "shard", "index"]).to_pydict()
     sizes = dict.fromkeys(shards.shard_counts(ds.card), 0)
-    for shard, index in zip(t["shard"], t["index"]):
-        sizes[shard] += bool(keep[index])
+    for split, shard, index in zip(t["split"], t["shard"], t["index"]):
+        sizes[shard] += split != "train" or bool(keep[index])     # the subset is of train only
     return sizes
 
 
@@ -149,6 +149,12 @@ class Loader:
         estimating FW's transition matrix)."""
         return Loader(self.urls, replace(self.spec, train=False), self.n_classes, workers=self.workers,
                       noise=self.noise, keep=self.keep, part=self.part, backend=self.backend, sizes=self.sizes)
+
+    def expected(self, epoch: int) -> int:
+        """Samples of this split all ranks together should read this epoch (from the card,
+        the subset or the balanced draw): what --max-skip-frac measures losses against."""
+        sizes = self.keep.sizes(epoch) if callable(self.keep) else self.sizes
+        return sum(sizes.get(shards.shard_name(u), 0) for u in self.urls)
 
     def keep_at(self, epoch: int) -> np.ndarray | None:
         return self.keep(epoch) if callable(self.keep) else self.keep

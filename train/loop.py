@@ -162,7 +162,7 @@ def check_skips(run: Run, split: str, epoch: int, seen: int, first: int) -> None
     with the same reduced `seen`, so all stop together (gather_object is a collective).
     The records so far this epoch are written to skipped.jsonl before stopping."""
     loader = run.loaders[split]
-    expected = sum(loader.sizes.get(Path(u).name, 0) for u in loader.urls)
+    expected = loader.expected(epoch)
     lost = expected - int(seen)
     if expected <= 0 or lost <= run.cfg.max_skip_frac * expected:
         return
