@@ -43,13 +43,13 @@ def _card_counts(card_path: str) -> dict[str, int]:
 
 
 def expected_count(url: str) -> int | None:
-    """Samples the dataset card beside a shard lists for it; None when there is no card
-    (shards not written by tools/make_shards.py, `pipe:` URLs)."""
+    """Samples the dataset card beside a shard lists for it (shards.card_path_for finds it,
+    for `pipe:` URLs too); None when there is no card (shards not from tools/make_shards.py)."""
     try:
         card = shards.card_path_for(url)
     except shards.DataError:
         return None
-    return _card_counts(str(card)).get(Path(url.removeprefix("file:")).name)
+    return _card_counts(str(card)).get(shards.shard_name(url))
 
 
 def read_tars(urls, skips: list):

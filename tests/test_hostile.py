@@ -420,7 +420,7 @@ BAD = [  # (id, extra argv (D: the good shard folder, O: odd_files), the flag na
 ]
 
 
-@pytest.mark.parametrize("case, extra, flag, problem", BAD, ids=[b[0] if isinstance(b, tuple) else b.values[0] for b in BAD])
+@pytest.mark.parametrize("case, extra, flag, problem", BAD, ids=[getattr(b, "values", b)[0] for b in BAD])
 def test_bad_command_lines_give_one_line_naming_the_flag(digits, odd_files, tmp_path, capsys,
                                                          case, extra, flag, problem):
     (odd_files / "lone-000.tar").write_bytes(b"")

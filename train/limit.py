@@ -22,6 +22,7 @@ from pipeline.shards import DataError, Part  # noqa: E402
 from train import checkpoint, config, setup  # noqa: E402
 from train.loop import Run, fit  # noqa: E402
 from train.objectives import make_objective  # noqa: E402
+from tools.fano_bound import run_summary  # noqa: E402
 from train.report import write_curves  # noqa: E402
 
 USER_ERRORS = (config.ConfigError, DataError, ModelError, checkpoint.CheckpointError)
@@ -91,6 +92,8 @@ def main(argv=None) -> int:
         run.step, run.best, run.n_skipped = resume["step"], resume["best"], resume["n_skipped"]
     final = fit(run, start, resume if resume and resume.get("in_epoch") else None)
     if acc.is_main_process:
+        # Theorem 2.1: the train error any learner keeping no label-noise information must make
+        final.update(run_summary(noise.matrix.numpy(), final["train_acc_last"]))
         (out / "final.json").write_text(json.dumps(final, indent=1) + "\n")
         write_curves(out)                     # curves.png + summary.csv from metrics.jsonl
         acc.print(f"done: best val {final['best_val_acc']} at epoch {final['best_epoch']}, "

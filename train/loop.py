@@ -145,6 +145,7 @@ def fit(run: Run, start_epoch: int = 0, resume: dict | None = None) -> dict:
         acc.log(row, step=epoch)
     return {"best_val_acc": run.best.get("val_acc"), "best_epoch": run.best.get("epoch"),
             "test_acc": run.best.get("test_acc"), "test_acc_last": row.get("test_acc"),
+            "train_acc_last": row.get("train_acc"),
             "epochs": cfg.epochs, "samples_skipped": row.get("samples_skipped", run.n_skipped),
             "wall_s": time.perf_counter() - t_start}
 
