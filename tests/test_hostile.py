@@ -142,6 +142,13 @@ def hostile_set(digits, tmp_path_factory):
     return folder, damage_for_done_when(folder)
 
 
+def error_lines(capsys) -> list[str]:
+    """stderr lines of the run, the progress bar's left out (tqdm draws on stderr)."""
+    err = capsys.readouterr().err
+    assert "Traceback" not in err, err
+    return [ln for ln in err.replace("\r", "\n").splitlines() if ln.strip() and "it/s]" not in ln and "?it/s" not in ln]
+
+
 def train(data_arg, out, *extra):
     return cli(["--data", str(data_arg), "--model", "mnist_cnn", "--epochs", "1", "--batch-size", "64",
                 "--workers", "0", "--out", str(out), *extra])
@@ -177,8 +184,8 @@ def test_scoring_over_damaged_shards(hostile_run, tmp_path):
 
 def test_max_skip_frac_stops_with_one_line_naming_the_worst_shards(hostile_set, tmp_path, capsys):
     assert train(hostile_set[0], tmp_path / "strict", "--max-skip-frac", "0.005") == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "Traceback" not in err[0], err
+    err = error_lines(capsys)
+    assert len(err) == 1, err
     assert "train epoch 0: 8 of 1000 samples lost (0.8% > --max-skip-frac 0.005)" in err[0]
     assert "worst shards: digits-006.tar (unreadable or cut-off tar after 122 samples of 125)" in err[0]
     assert "digits-001.tar (2 samples skipped)" in err[0]
@@ -192,7 +199,7 @@ def test_a_vanished_card_shard_is_an_error(digits, tmp_path, capsys):
     folder = hostile.copy_set(digits, tmp_path / "shards")
     hostile.remove(folder, "digits-val-001.tar")
     assert train(folder, tmp_path / "run", "--max-train-samples", "100") == 2
-    err = capsys.readouterr().err.strip().splitlines()
+    err = error_lines(capsys)
     assert len(err) == 1 and "digits-val-001.tar" in err[0], err
 
 
@@ -296,7 +303,6 @@ def test_verify_shards_checks_manifest_card_and_leftovers(small, tmp_path, capsy
     for needle in ("the manifest ('train'", "card: split val says 31 samples", "digits-005.tar: a shard the card does not list",
                    "digits-002.tar.tmp: an unfinished file", "in the tars,"):
         assert needle in err, (needle, err)
-    assert verify_shards.main([str(tmp_path / "nothing"), "--name", "digits"]) == 1 or True
 
 
 def test_verify_shards_without_a_card(tmp_path, capsys):
@@ -370,7 +376,7 @@ def odd_files(digits, tmp_path_factory):
     (root / "a_file").write_text("not a folder")
     (root / "m.txt").write_text("0.5 0.5\n0.5 0.5\n")
     (root / "no_card").mkdir()
-    (root / "three" ).mkdir()
+    (root / "three").mkdir()
     sd = timm.create_model("mnist_cnn", num_classes=3).state_dict()
     save_file({k: v.contiguous() for k, v in sd.items()}, root / "three" / "model.safetensors")
     return root

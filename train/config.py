@@ -51,6 +51,7 @@ class Config:
     init_target: str = opt("predictor", "what --init-from initializes", choices=["predictor", "classifier", "both"])
     # optimization
     epochs: int = opt(10, "passes over the train split")
+    patience: int = opt(0, "early stopping: end when validation has not improved for this many epochs (0: off)")
     batch_size: int = opt(256, "samples per step per process")
     optimizer: str = opt("adam", "optimizer", choices=["adam", "sgd"])
     lr: float = opt(1e-3, "peak learning rate")
@@ -94,7 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 POSITIVE = ("epochs", "batch_size", "lr")
-NON_NEGATIVE = ("balance", "save_every", "workers", "image_size", "max_train_samples", "beta", "sigma", "weight_decay",
+NON_NEGATIVE = ("patience", "balance", "save_every", "workers", "image_size", "max_train_samples", "beta", "sigma", "weight_decay",
                 "warmup_epochs", "clip_grad", "grad_noise_sigma")
 
 

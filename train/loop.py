@@ -143,10 +143,13 @@ def fit(run: Run, start_epoch: int = 0, resume: dict | None = None) -> dict:
         if improved:
             run.save("best", meta)
         acc.log(row, step=epoch)
+        if cfg.patience and epoch - run.best.get("epoch", epoch) >= cfg.patience:
+            acc.print(f"early stop: no validation gain in {cfg.patience} epochs")
+            break
     return {"best_val_acc": run.best.get("val_acc"), "best_epoch": run.best.get("epoch"),
             "test_acc": run.best.get("test_acc"), "test_acc_last": row.get("test_acc"),
             "train_acc_last": row.get("train_acc"),
-            "epochs": cfg.epochs, "samples_skipped": row.get("samples_skipped", run.n_skipped),
+            "epochs": row.get("epoch", -1) + 1, "samples_skipped": row.get("samples_skipped", run.n_skipped),
             "wall_s": time.perf_counter() - t_start}
 
 
