@@ -419,6 +419,8 @@ BAD = [  # (id, extra argv (D: the good shard folder, O: odd_files), the flag na
     pytest.param("missing --init-from", ["--init-from", "O/none", "--method", "limit"], "--init-from",
                  "no checkpoint", marks=needs_flag_patch),
     pytest.param("missing --resume", ["--resume", "O/none"], "--resume", "no checkpoint", marks=needs_flag_patch),
+    pytest.param("--resume of another model", ["--resume", "R", "--model", "mnist_cnn_bn"], "--resume",
+                 "another model", marks=needs_flag_patch),
     ("missing --pretrained", ["--pretrained", "O/none.safetensors"], "--pretrained", "no such file"),
     ("unwritable --out", ["--out", "O/a_file/sub"], "--out", "not writable"),
     ("subset larger than the split", ["--max-train-samples", "100000"], "--max-train-samples", "exceeds"),
@@ -427,10 +429,11 @@ BAD = [  # (id, extra argv (D: the good shard folder, O: odd_files), the flag na
 
 
 @pytest.mark.parametrize("case, extra, flag, problem", BAD, ids=[getattr(b, "values", b)[0] for b in BAD])
-def test_bad_command_lines_give_one_line_naming_the_flag(digits, odd_files, tmp_path, capsys,
+def test_bad_command_lines_give_one_line_naming_the_flag(digits, odd_files, hostile_run, tmp_path, capsys,
                                                          case, extra, flag, problem):
     (odd_files / "lone-000.tar").write_bytes(b"")
     extra = [a.replace("D/", f"{digits}/").replace("O/", f"{odd_files}/") for a in extra]
+    extra = [str(hostile_run / "checkpoints" / "last") if a == "R" else a for a in extra]
     argv = ["--data", str(digits), "--model", "mnist_cnn", "--epochs", "1", "--workers", "0",
             "--out", str(tmp_path / "out"), *extra]
     try:

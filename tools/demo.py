@@ -31,7 +31,7 @@ def train(name: str, shards: Path, runs: Path, epochs: int, *extra: str) -> dict
 def detect(run: Path) -> dict | None:
     """Rank the training labels of a run (tools/rank_labels.py); None when unavailable."""
     try:
-        from tools.rank_labels import main as rank_main
+        from tools.rank_labels import cli as rank_main
     except ImportError:
         return None
     out = run / "labels"

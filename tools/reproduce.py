@@ -49,7 +49,7 @@ def cell_args(method: str, p: float, n: int, seed: int, shards: Path, run: Path,
 
 
 def detection_auc(run: Path) -> float | None:
-    from tools.rank_labels import main as rank_main
+    from tools.rank_labels import cli as rank_main
     if rank_main(["--run", str(run), "--out", str(run / "labels"), "--grid-per-class", "4"]) != 0:
         return None
     return json.loads((run / "labels" / "summary.json").read_text()).get("roc_auc")
