@@ -159,8 +159,9 @@ def decode(items, spec: ReadSpec, skips: list, epoch: int = 0):
         try:
             arr = (augment.train_image(data, spec.aug, sample_rng(spec.seed, epoch, index)) if spec.train
                    else augment.eval_image(data, spec.aug))
-        except IMAGE_ERRORS as e:
-            skips.append((s["__url__"], s["__key__"], f"bad image: {type(e).__name__}: {e}"))
+        except IMAGE_ERRORS as e:     # (PIL names the buffer's address: not reproducible)
+            why = str(e).split(" <_io.BytesIO object at")[0]
+            skips.append((s["__url__"], s["__key__"], f"bad image: {type(e).__name__}: {why}"))
             continue
         yield arr, label, index, clean
 

@@ -125,7 +125,7 @@ def _check_sample(key: str, members: list, n_classes: int, samples: list) -> lis
 
 
 def _short(e) -> str:
-    return " ".join(str(e).split())[:120]
+    return " ".join(str(e).split(" <_io.BytesIO object at")[0].split())[:120]
 
 
 def check_index(tar: Path, keys: list[str]) -> list[str]:
