@@ -32,18 +32,29 @@ class Dataset:
 
 
 def resolve(train, val=None, test=None) -> Dataset:
-    """Shards of each split; val/test default to the card's other splits."""
-    train_urls = shards.expand(train)
-    card_path = (shards._only_card(Path(train[0])) if Path(train[0]).is_dir()
-                 else shards.card_path_for(train_urls[0]))
-    card = shards.read_card(card_path)
+    """Shards of each split; val/test default to the card's other splits. Errors name the
+    flag whose value is at fault (--data, --val-data, --test-data)."""
+    def card_of(train_urls):
+        card_path = (shards._only_card(Path(train[0])) if Path(train[0]).is_dir()
+                     else shards.card_path_for(train_urls[0]))
+        return card_path, shards.read_card(card_path)
+    train_urls = _flagged("--data", shards.expand, train)
+    card_path, card = _flagged("--data", card_of, train_urls)
     urls = {"train": train_urls}
     for split, given in (("val", val), ("test", test)):
         if given:
-            urls[split] = shards.expand(given)
+            urls[split] = _flagged(f"--{split}-data", shards.expand, given)
         elif split in card["splits"]:
-            urls[split] = shards.split_urls(card, card_path, split)
+            urls[split] = _flagged("--data", shards.split_urls, card, card_path, split)
     return Dataset(card, card_path, urls)
+
+
+def _flagged(flag: str, fn, *args):
+    """fn(*args) with its DataError prefixed by the flag it came from."""
+    try:
+        return fn(*args)
+    except DataError as e:
+        raise DataError(f"{flag}: {e}") from None
 
 
 def choose_backend(name: str) -> tuple[str, str]:

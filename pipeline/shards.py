@@ -92,10 +92,17 @@ def read_card(path: Path) -> dict:
 
 
 def split_urls(card: dict, card_path: Path, split: str) -> list[str]:
-    """The shard paths of one split of a card, resolved beside the card."""
+    """The shard paths of one split of a card, resolved beside the card. A listed shard that
+    is not there is an error at start-up, as for a pattern (one that vanishes later is
+    skipped with a record, and counts against --max-skip-frac)."""
     if split not in card["splits"]:
         raise DataError(f"dataset card {card_path} has no {split!r} split")
-    return [str(Path(card_path).parent / s["file"]) for s in card["splits"][split]["shards"]]
+    urls = [str(Path(card_path).parent / s["file"]) for s in card["splits"][split]["shards"]]
+    missing = [u for u in urls if not Path(u).exists()]
+    if missing:
+        raise DataError(f"shard not found: {missing[0]}" + (f" and {len(missing) - 1} more" if len(missing) > 1 else "")
+                        + f" ({split} split of the dataset card {card_path})")
+    return urls
 
 
 def shard_counts(card: dict) -> dict[str, int]:

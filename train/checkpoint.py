@@ -70,14 +70,20 @@ def load_train_state(folder: Path, model, optimizer) -> dict:
     """Restore weights, optimizer and RNG in place; returns meta.json's content."""
     folder = locate(folder)
     meta = read_meta(folder)
-    model.classifier.load_state_dict(load_weights(folder / "model.safetensors"))
-    if model.predictor is not None:
-        model.predictor.load_state_dict(load_weights(folder / "predictor.safetensors"))
+    try:        # another model's checkpoint: torch says RuntimeError (weights), ValueError (optimizer)
+        model.classifier.load_state_dict(load_weights(folder / "model.safetensors"))
+        if model.predictor is not None:
+            model.predictor.load_state_dict(load_weights(folder / "predictor.safetensors"))
+    except RuntimeError as e:
+        raise CheckpointError(f"checkpoint {folder} holds another model ({' '.join(str(e).split())[:200]})") from None
     try:
         state = torch.load(folder / "train_state.pt", weights_only=True, map_location="cpu")
     except Exception as e:  # a pickle that wants to run code lands here, refused
         raise CheckpointError(f"checkpoint {folder}: train_state.pt refused or damaged ({type(e).__name__})") from None
-    optimizer.load_state_dict(state["optimizer"])
+    try:
+        optimizer.load_state_dict(state["optimizer"])
+    except (ValueError, KeyError) as e:
+        raise CheckpointError(f"checkpoint {folder}: its optimizer state does not fit this model ({e})") from None
     torch.set_rng_state(state["torch_rng"])
     if state.get("cuda_rng") and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda_rng"])

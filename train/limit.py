@@ -69,7 +69,10 @@ def main(argv=None) -> int:
     start, resume = 0, None
     if cfg.resume:
         where = out / "checkpoints" / "last" if cfg.resume == "auto" else Path(cfg.resume)
-        resume = checkpoint.load_train_state(where, acc.unwrap_model(model), optimizer)
+        try:
+            resume = checkpoint.load_train_state(where, acc.unwrap_model(model), optimizer)
+        except checkpoint.CheckpointError as e:
+            raise checkpoint.CheckpointError(f"--resume {cfg.resume}: {e}") from None
         start = resume["epoch"] if resume.get("in_epoch") else resume["epoch"] + 1
         if acc.is_main_process:
             checkpoint.trim_logs(out, start)      # lines written after that checkpoint are redone

@@ -11,19 +11,28 @@ from models.limit import LimitNet, PredictorHead
 from train import checkpoint
 
 
+def _backbone(flag: str, name: str, n_classes: int, in_chans: int, pretrained) -> torch.nn.Module:
+    """create_backbone, its ModelError naming the flag at fault (--pretrained for the file's)."""
+    try:
+        return create_backbone(name, n_classes, in_chans, pretrained_file=pretrained)
+    except ModelError as e:
+        raise ModelError(f"{'--pretrained' if pretrained and str(pretrained) in str(e) else flag}: {e}") from None
+
+
 def build_model(cfg, n_classes: int, in_chans: int) -> LimitNet:
     pretrained = cfg.pretrained or None
     if pretrained and not Path(pretrained).is_file():
         raise ModelError(f"--pretrained {pretrained}: no such file")
-    clf = create_backbone(cfg.model, n_classes, in_chans, pretrained_file=pretrained)
+    clf = _backbone("--model", cfg.model, n_classes, in_chans, pretrained)
+    pred_flag = "--predictor-model" if cfg.predictor_model else "--model"
     if cfg.method == "softreg":     # issue 10: eq. 8's auxiliary network r(x), and z with its gradient
-        pred = create_backbone(cfg.predictor_model or cfg.model, n_classes, in_chans, pretrained_file=pretrained)
+        pred = _backbone(pred_flag, cfg.predictor_model or cfg.model, n_classes, in_chans, pretrained)
         return LimitNet(clf, pred, mode="network", with_features=True)
     if cfg.method != "limit":
         return LimitNet(clf)
     if cfg.predictor == "head":
         return LimitNet(clf, PredictorHead(clf.num_features, n_classes), mode="head")
-    pred = create_backbone(cfg.predictor_model or cfg.model, n_classes, in_chans, pretrained_file=pretrained)
+    pred = _backbone(pred_flag, cfg.predictor_model or cfg.model, n_classes, in_chans, pretrained)
     return LimitNet(clf, pred, mode="network")
 
 
@@ -31,6 +40,15 @@ def init_from(model: LimitNet, cfg) -> str:
     """+init: copy a CE run's classifier into the predictor, the classifier or both."""
     if not cfg.init_from:
         return ""
+    try:
+        return _init_from(model, cfg)
+    except (ModelError, checkpoint.CheckpointError) as e:
+        if str(e).startswith("--"):
+            raise
+        raise type(e)(f"--init-from {cfg.init_from}: {e}") from None
+
+
+def _init_from(model: LimitNet, cfg) -> str:
     src = checkpoint.locate(cfg.init_from) / "model.safetensors"
     targets = {"predictor": ["predictor"], "classifier": ["classifier"],
                "both": ["classifier", "predictor"]}[cfg.init_target]
