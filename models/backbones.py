@@ -197,7 +197,7 @@ def create_backbone(name: str, num_classes: int, in_chans: int | None = None,
     """Build a timm-registered model; optionally load a local trunk with a fresh head.
 
     ``in_chans=None`` keeps the model's default (1 for mnist_cnn, 3 otherwise). Hub downloads
-    are refused: ``pretrained=True`` would try the network, so local files are the only source.
+    are refused: asking timm for pretrained weights would try the network, so local files are the only source.
     """
     if not timm.is_model(name):
         raise ModelError(f"unknown model '{name}' (see timm.list_models())")
