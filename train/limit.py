@@ -32,8 +32,9 @@ def prepare_out(cfg) -> Path:
     out = Path(cfg.out)
     try:
         out.mkdir(parents=True, exist_ok=True)
-        (out / ".write_test").touch()
-        (out / ".write_test").unlink()
+        probe = out / f".write_test.{os.getpid()}"     # one per process: ranks share --out
+        probe.touch()
+        probe.unlink()
     except OSError as e:
         raise config.ConfigError(f"--out {out}: not writable ({e.strerror})") from None
     return out
