@@ -13,7 +13,7 @@ import torch
 
 
 from pipeline import shards
-from pipeline.augment import AugSpec, spec_from_card
+from pipeline.augment import AugSpec, spec_from_card  # noqa: F401  (re-exported for callers)
 from pipeline.batch import Batch
 from pipeline.cpu import ReadSpec, cpu_batches
 from pipeline.noise import NoiseTable, parse_noise, transition_matrix
