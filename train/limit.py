@@ -22,7 +22,7 @@ from pipeline.shards import DataError, Part  # noqa: E402
 from train import checkpoint, config, setup  # noqa: E402
 from train.loop import Run, fit  # noqa: E402
 from train.objectives import make_objective  # noqa: E402
-from tools.fano_bound import run_summary  # noqa: E402
+from train.fano import run_summary  # noqa: E402
 from train.report import write_curves  # noqa: E402
 
 USER_ERRORS = (config.ConfigError, DataError, ModelError, checkpoint.CheckpointError)
