@@ -89,9 +89,7 @@ def _group(members, url, skips):
             if current is not None:
                 yield current
             raise
-        prefix, _, base = name.rpartition("/")
-        key, _, ext = base.partition(".")
-        key = f"{prefix}/{key}" if prefix else key
+        key, ext = records.split_member(name)
         if key != key_now or ext in exts:
             if current is not None:
                 yield current

@@ -25,6 +25,14 @@ def make_key(text: str) -> str:
     return _KEY_UNSAFE.sub("_", stem).strip("_")
 
 
+def split_member(name: str) -> tuple[str, str]:
+    """A tar member name -> (sample key, extension), webdataset's rule: the extension starts
+    at the first dot of the base name; folders stay part of the key."""
+    prefix, _, base = name.rpartition("/")
+    key, _, ext = base.partition(".")
+    return (f"{prefix}/{key}" if prefix else key), ext
+
+
 def encode_sample(key: str, image: bytes, ext: str, label: int, index: int,
                   clean_label: int, source: str = "") -> dict[str, bytes]:
     """The tar members of one sample, in the order they are written."""

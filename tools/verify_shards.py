@@ -67,9 +67,7 @@ def _grouped(members):
             if group:                   # the members read whole before the tar broke
                 yield key_now, group
             raise
-        prefix, _, base = name.rpartition("/")
-        key, _, ext = base.partition(".")
-        key = f"{prefix}/{key}" if prefix else key
+        key, ext = records.split_member(name)
         if key != key_now and group:
             yield key_now, group
             group = []
