@@ -131,3 +131,20 @@ def test_tar_reader_matches_tarfile_and_detects_truncation():
     assert [len(d) for _, d in got] == [0, 300, 600]
     with pytest.raises(EOFError):
         list(iter_tar(io.BytesIO(raw[:2000])))
+
+
+def test_cache_eval_replays_the_first_pass_and_never_caches_train(digit_shards):
+    ds = data.resolve([str(digit_shards)])
+    aug = data.spec_from_card(ds.card)
+    loaders = data.build_loaders(ds, aug, batch_size=32, workers=1, seed=0,
+                                 noise=data.noise_table(ds, "uniform:0.5", "", 0), keep=None, cache_eval=True)
+    val = loaders["val"]
+    first = list(val(0))
+    val._batches = lambda epoch: pytest.fail("a cached split was decoded again")
+    again = list(val(1))
+    assert len(again) == len(first) and all(a is b for a, b in zip(first, again))
+    assert not loaders["train"].cache and loaders["test"].cache
+    half = data.build_loaders(ds, aug, batch_size=32, workers=0, seed=0, noise=None, keep=None,
+                              cache_eval=True)["test"]
+    next(iter(half(0)))                  # an interrupted pass is not kept
+    assert half._cached is None

@@ -193,7 +193,7 @@ def build_loader(cfg, args, part: Part):
 
 def load_model(cfg, ckpt: Path, n_classes: int, in_chans: int):
     model = setup.build_model(cfg, n_classes, in_chans)
-    model.classifier.load_state_dict(checkpoint.load_weights(ckpt / "model.safetensors"))
+    model.classifier.load_state_dict(checkpoint.load_weights(checkpoint.classifier_file(ckpt)))
     if model.predictor is not None:
         if not (ckpt / "predictor.safetensors").is_file():
             raise checkpoint.CheckpointError(f"checkpoint {ckpt}: a LIMIT run without predictor.safetensors")

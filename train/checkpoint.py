@@ -21,8 +21,8 @@ def _tensors(module: torch.nn.Module) -> dict:
     return {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
 
 
-def save(folder: Path, model, optimizer, meta: dict) -> None:
-    """model: the unwrapped LimitNet."""
+def save(folder: Path, model, optimizer, meta: dict, ema=None) -> None:
+    """model: the unwrapped LimitNet; ema: its classifier's models.ema.Ema, or None."""
     folder = Path(folder)
     tmp, old = folder.with_name(folder.name + ".tmp"), folder.with_name(folder.name + ".old")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -30,6 +30,8 @@ def save(folder: Path, model, optimizer, meta: dict) -> None:
     save_file(_tensors(model.classifier), tmp / "model.safetensors")
     if model.predictor is not None:
         save_file(_tensors(model.predictor), tmp / "predictor.safetensors")
+    if ema is not None:
+        save_file(_tensors(ema.module), tmp / "model_ema.safetensors")
     state = {"optimizer": optimizer.state_dict(), "torch_rng": torch.get_rng_state(),
              "python_rng": list(random.getstate()[1]),
              "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
@@ -59,6 +61,12 @@ def read_meta(folder: Path) -> dict:
         raise CheckpointError(f"checkpoint {folder}: unreadable meta.json ({e})") from None
 
 
+def classifier_file(folder: Path) -> Path:
+    """The classifier that was evaluated and selected: the EMA's when the run kept one."""
+    ema = Path(folder) / "model_ema.safetensors"
+    return ema if ema.is_file() else Path(folder) / "model.safetensors"
+
+
 def load_weights(path: Path) -> dict:
     try:
         return load_file(str(path))
@@ -66,14 +74,18 @@ def load_weights(path: Path) -> dict:
         raise CheckpointError(f"checkpoint file {path} is damaged or not safetensors ({type(e).__name__})") from None
 
 
-def load_train_state(folder: Path, model, optimizer) -> dict:
-    """Restore weights, optimizer and RNG in place; returns meta.json's content."""
+def load_train_state(folder: Path, model, optimizer, ema=None) -> dict:
+    """Restore weights (and the EMA's), optimizer and RNG in place; returns meta.json's content."""
     folder = locate(folder)
     meta = read_meta(folder)
     try:        # another model's checkpoint: torch says RuntimeError (weights), ValueError (optimizer)
         model.classifier.load_state_dict(load_weights(folder / "model.safetensors"))
         if model.predictor is not None:
             model.predictor.load_state_dict(load_weights(folder / "predictor.safetensors"))
+        if ema is not None:
+            if not (folder / "model_ema.safetensors").is_file():
+                raise CheckpointError(f"checkpoint {folder} has no model_ema.safetensors: it was trained without --model-ema")
+            ema.module.load_state_dict(load_weights(folder / "model_ema.safetensors"))
     except RuntimeError as e:
         raise CheckpointError(f"checkpoint {folder} holds another model ({' '.join(str(e).split())[:200]})") from None
     try:

@@ -22,6 +22,7 @@ class Config:
     test_data: list = opt(None, "test shards (default: the card's test split)", nargs="+")
     backend: str = opt("cpu", "JPEG/PNG decoding: cpu workers, dali, or auto (DALI on a GPU when present)", choices=["cpu", "dali", "auto"])
     workers: int = opt(2, "decode worker processes per rank")
+    cache_eval: bool = opt(False, "keep val/test's decoded uint8 batches in RAM after the first epoch (MNIST's 22k: 17 MB; Clothing1M's 24k at 224 px: 3.6 GB)", action=argparse.BooleanOptionalAction)
     image_size: int = opt(0, "crop side in pixels (0: the dataset card's recipe)")
     max_train_samples: int = opt(0, "a seeded subset of the train split of this size (0: all)")
     balance: int = opt(0, "each epoch, this many train samples drawn class-balanced from the given labels (0: off)")
@@ -59,6 +60,8 @@ class Config:
     weight_decay: float = opt(0.0, "decoupled (AdamW) or L2 (SGD) weight decay")
     sched: str = opt("const", "learning-rate schedule over steps", choices=["const", "cosine"])
     warmup_epochs: float = opt(0.0, "linear warm-up length in epochs")
+    model_ema: bool = opt(False, "also keep an exponential moving average of the classifier (timm's --model-ema); val/test accuracy, model selection and early stopping use it", action=argparse.BooleanOptionalAction)
+    model_ema_decay: float = opt(0.998, "EMA decay per optimizer step (averages over ~1/(1-decay) steps)")
     clip_grad: float = opt(0.0, "clip the global gradient norm (0: off)")
     mixed_precision: str = opt("", "no | bf16 | fp16 (default: accelerate launch's setting)", choices=["", "no", "bf16", "fp16"])
     # run
@@ -110,6 +113,8 @@ def validate(cfg: Config) -> Config:
         raise ConfigError("--data is required: train shards as a brace pattern or a folder")
     if not 0 < cfg.gce_q <= 1:
         raise ConfigError(f"--gce-q must lie in (0, 1], got {cfg.gce_q}")
+    if not 0 < cfg.model_ema_decay < 1:
+        raise ConfigError(f"--model-ema-decay must be in (0, 1), got {cfg.model_ema_decay}")
     if cfg.softreg_lambda < 0:                                            # issue 10
         raise ConfigError(f"--lambda must be >= 0, got {cfg.softreg_lambda}")
     if cfg.grad_noise and cfg.method != "ce":

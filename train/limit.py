@@ -17,6 +17,7 @@ import torch  # noqa: E402
 from accelerate import Accelerator  # noqa: E402
 
 from models.backbones import ModelError  # noqa: E402
+from models.ema import Ema  # noqa: E402
 from pipeline import loader as data  # noqa: E402
 from pipeline.shards import DataError, Part  # noqa: E402
 from train import checkpoint, config, setup  # noqa: E402
@@ -56,7 +57,8 @@ def main(argv=None) -> int:
     if cfg.balance:
         keep = data.Balanced(ds, cfg.balance, cfg.seed, noise, keep)
     loaders = data.build_loaders(ds, aug, batch_size=cfg.batch_size, workers=cfg.workers, seed=cfg.seed,
-                                 noise=noise, keep=keep, part=part, backend=backend)
+                                 noise=noise, keep=keep, part=part, backend=backend,
+                                 cache_eval=cfg.cache_eval)
     n_train = (keep.count() if cfg.balance else int(keep.sum()) if keep is not None
                else ds.card["splits"]["train"]["count"])
     steps = math.ceil(n_train / (cfg.batch_size * acc.num_processes))
@@ -67,11 +69,12 @@ def main(argv=None) -> int:
         model = model.to(memory_format=torch.channels_last)
     optimizer = setup.build_optimizer(cfg, model)
     model, optimizer = acc.prepare(model, optimizer)   # never the streaming loaders (design.md 5)
+    ema = Ema(acc.unwrap_model(model).classifier, cfg.model_ema_decay) if cfg.model_ema else None
     start, resume = 0, None
     if cfg.resume:
         where = out / "checkpoints" / "last" if cfg.resume == "auto" else Path(cfg.resume)
         try:
-            resume = checkpoint.load_train_state(where, acc.unwrap_model(model), optimizer)
+            resume = checkpoint.load_train_state(where, acc.unwrap_model(model), optimizer, ema)
         except checkpoint.CheckpointError as e:
             raise checkpoint.CheckpointError(f"--resume {cfg.resume}: {e}") from None
         start = resume["epoch"] if resume.get("in_epoch") else resume["epoch"] + 1
@@ -91,7 +94,7 @@ def main(argv=None) -> int:
     transition = (setup.fw_transition(cfg, acc.unwrap_model(model), loaders["train"].as_eval(), acc, norm)
                   if cfg.method == "fw" else None)
     objective = make_objective(cfg, transition)
-    run = Run(cfg, acc, model, optimizer, objective, loaders, norm, steps, out)
+    run = Run(cfg, acc, model, optimizer, objective, loaders, norm, steps, out, ema=ema)
     if resume:
         run.step, run.best, run.n_skipped = resume["step"], resume["best"], resume["n_skipped"]
     final = fit(run, start, resume if resume and resume.get("in_epoch") else None)

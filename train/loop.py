@@ -33,6 +33,7 @@ class Run:
     best: dict = field(default_factory=lambda: {"score": float("-inf")})
     skipped: list = field(default_factory=list)   # (shard, key, reason, epoch) this session
     n_skipped: int = 0                  # skipped samples, resumed sessions included
+    ema: object = None                  # models.ema.Ema of the classifier (--model-ema)
 
     def device_batch(self, batch):
         return to_device(batch, self.accelerator.device, *self.norm, self.cfg.channels_last)
@@ -49,7 +50,7 @@ class Run:
             meta["position"] = gather_object([self.loaders["train"].position])
         if self.accelerator.is_main_process:
             checkpoint.save(self.out / "checkpoints" / name, self.accelerator.unwrap_model(self.model),
-                            self.optimizer, meta)
+                            self.optimizer, meta, self.ema)
 
 
 def train_epoch(run: Run, epoch: int, resume: dict | None = None) -> dict:
@@ -78,6 +79,8 @@ def train_epoch(run: Run, epoch: int, resume: dict | None = None) -> dict:
                 acc.clip_grad_norm_(model.parameters(), cfg.clip_grad)
             run.optimizer.step()
             run.optimizer.zero_grad(set_to_none=True)
+            if run.ema is not None:
+                run.ema.update()
             if not b.pad:
                 meter.update(out.logits, b.labels, b.clean, loss)
             run.step += 1
@@ -97,11 +100,12 @@ def train_epoch(run: Run, epoch: int, resume: dict | None = None) -> dict:
 
 @torch.no_grad()
 def evaluate(run: Run, split: str, epoch: int = 0) -> dict:
-    """Accuracy of the classifier alone against the split's given and clean labels."""
+    """Accuracy of the classifier alone (its EMA under --model-ema) against the split's
+    given and clean labels."""
     if split not in run.loaders:
         return {}
-    model = run.accelerator.unwrap_model(run.model)
-    model.eval()
+    run.model.eval()
+    classifier = run.ema.module if run.ema is not None else run.accelerator.unwrap_model(run.model).classifier
     meter = Meter(run.accelerator.device)
     first_skip = len(run.skipped)
     for batch in run.loaders[split](epoch):
@@ -109,7 +113,7 @@ def evaluate(run: Run, split: str, epoch: int = 0) -> dict:
         if len(batch):
             b = run.device_batch(batch)
             with run.accelerator.autocast():
-                meter.update(model.classifier(b.images), b.labels, b.clean)
+                meter.update(classifier(b.images), b.labels, b.clean)
     res = meter.result(run.accelerator.reduce)
     check_skips(run, split, epoch, res["n"], first_skip)
     return {f"{split}_acc": res["acc"], f"{split}_acc_clean": res["acc_clean"]}

@@ -71,6 +71,22 @@ def plot_curves(rows: list[dict], path: Path, title: str = "") -> None:
     plt.close(fig)
 
 
+def plot_methods(curves: dict[str, list[dict]], path: Path, title: str = "") -> None:
+    """The paper's Fig. 2: train accuracy on the given (noisy) labels and clean test accuracy
+    per epoch, one line per method (curves: method -> metrics.jsonl rows)."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
+    for ax, key, name in zip(axes, ("train_acc", "test_acc"), ("train (given labels)", "test (clean labels)")):
+        for method, rows in curves.items():
+            ax.plot([r["epoch"] for r in rows], [r.get(key, np.nan) for r in rows], label=method)
+        ax.set(xlabel="epoch", ylabel="accuracy", ylim=(0, 1.02), title=f"{name} {title}")
+        ax.grid(alpha=0.3)
+    axes[1].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
 def write_curves(run_dir) -> Path | None:
     """RUN_DIR/metrics.jsonl -> RUN_DIR/curves.png and RUN_DIR/summary.csv; None without metrics."""
     run_dir = Path(run_dir)

@@ -49,7 +49,7 @@ def init_from(model: LimitNet, cfg) -> str:
 
 
 def _init_from(model: LimitNet, cfg) -> str:
-    src = checkpoint.locate(cfg.init_from) / "model.safetensors"
+    src = checkpoint.classifier_file(checkpoint.locate(cfg.init_from))
     targets = {"predictor": ["predictor"], "classifier": ["classifier"],
                "both": ["classifier", "predictor"]}[cfg.init_target]
     if cfg.method != "limit":
