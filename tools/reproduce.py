@@ -132,9 +132,9 @@ def table(path: Path) -> str:
     for (p, n, method), rows in sorted(cells.items(), key=lambda kv: (kv[0][0], kv[0][1], order.get(kv[0][2], 99))):
         col = lambda k: np.array([float(r[k]) for r in rows if r[k] not in ("", "None")])  # noqa: E731
         acc, auc = col("test_acc"), col("auc")
-        spread = f"{acc.min():.3f}-{acc.max():.3f}" if len(acc) > 1 else "-"
-        lines.append(f"| {p} | {n} | {method} | {len(rows)} | **{acc.mean():.3f}** | {spread} | "
-                     f"{col('test_acc_last').mean():.3f} | {col('epochs').mean():.0f} | "
+        spread = f"{acc.min():.4f}-{acc.max():.4f}" if len(acc) > 1 else "-"
+        lines.append(f"| {p} | {n} | {method} | {len(rows)} | **{acc.mean():.4f}** | {spread} | "
+                     f"{col('test_acc_last').mean():.4f} | {col('epochs').mean():.0f} | "
                      f"{f'{auc.mean():.4f}' if len(auc) else '-'} | {col('wall_s').mean():.0f} | {paper(method, p, n)} |")
     return "\n".join(lines)
 
