@@ -137,7 +137,12 @@ def test_malicious_pickle_refused(tmp_path):
 def test_unknown_model():
     with pytest.raises(ModelError, match="unknown model 'no_such_net'"):
         create_backbone('no_such_net', 10)
-    with pytest.raises(ModelError):
+
+
+def test_hub_weights_are_refused_before_timm_is_asked(monkeypatch):
+    # pretrained=True would send timm to a model hub; create_backbone must refuse it itself
+    monkeypatch.setattr(timm, "create_model", lambda *a, **k: pytest.fail("timm was asked (a hub download)"))
+    with pytest.raises(ModelError, match="pass a local file"):
         create_backbone('mnist_cnn', 10, pretrained=True)
 
 
