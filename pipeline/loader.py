@@ -31,22 +31,37 @@ class Dataset:
         return self.card["classes"]
 
 
-def resolve(train, val=None, test=None) -> Dataset:
+def resolve(train, val=None, test=None, trust: bool = False) -> Dataset:
     """Shards of each split; val/test default to the card's other splits. Errors name the
-    flag whose value is at fault (--data, --val-data, --test-data)."""
+    flag whose value is at fault (--data, --val-data, --test-data). `trust` (--trust-urls)
+    lets the card list pipe: and remote shards (pipeline.shards.check_file_url)."""
     def card_of(train_urls):
         card_path = (shards._only_card(Path(train[0])) if Path(train[0]).is_dir()
                      else shards.card_path_for(train_urls[0]))
         return card_path, shards.read_card(card_path)
-    train_urls = _flagged("--data", shards.expand, train)
+    train_urls = _flagged("--data", shards.expand, train, trust)
     card_path, card = _flagged("--data", card_of, train_urls)
     urls = {"train": train_urls}
     for split, given in (("val", val), ("test", test)):
         if given:
-            urls[split] = _flagged(f"--{split}-data", shards.expand, given)
+            urls[split] = _flagged(f"--{split}-data", shards.expand, given, trust)
         elif split in card["splits"]:
-            urls[split] = _flagged("--data", shards.split_urls, card, card_path, split)
+            urls[split] = _flagged("--data", shards.split_urls, card, card_path, split, trust)
+    for flag, split in (("--data", "train"), ("--val-data", "val"), ("--test-data", "test")):
+        _flagged(flag, listed_in_card, urls.get(split, []), card, card_path)
     return Dataset(card, card_path, urls)
+
+
+def listed_in_card(urls: list[str], card: dict, card_path: Path) -> None:
+    """A pattern can match shards of an older conversion left in the folder: training on them
+    would mix two datasets (and their counts are not the card's), so a shard the card does
+    not list is an error."""
+    listed = shards.shard_counts(card)
+    stray = [u for u in urls if shards.shard_name(u) not in listed]
+    if stray:
+        raise DataError(f"{stray[0]} is not listed in the dataset card {card_path}"
+                        + (f" (and {len(stray) - 1} more)" if len(stray) > 1 else "")
+                        + ": a shard of another conversion? remove it or convert again")
 
 
 def _flagged(flag: str, fn, *args):

@@ -1,5 +1,6 @@
 """Which shards to read: brace patterns, dataset cards, and the split over ranks and workers."""
 import json
+import os
 import random
 import re
 from dataclasses import dataclass
@@ -15,16 +16,51 @@ class DataError(ValueError):
     """Bad data arguments: reported as one line with exit code 2."""
 
 
-def expand(specs: str | list[str]) -> list[str]:
+# ---- URLs read from files ----
+# webdataset opens `pipe:CMD` with a shell and `http:`/`gs:`/`ais:`/... with curl, gsutil and
+# friends, so a shard URL is a command. Only the command line may give such URLs: a dataset
+# card's shard list and a run's config.json may come from a stranger (docs/architecture.md,
+# "Security"). `--trust-urls` on the command line lifts the rule for files you wrote.
+TRUST_FLAG = "--trust-urls"
+
+
+def has_scheme(url: str) -> bool:
+    """`pipe:...`, `s3://...`, `https://...`: anything but a plain path or `file:`."""
+    return not _is_local(url)
+
+
+def check_file_url(url: str, where: str, trust: bool = False) -> str:
+    """`url` as read from a file (`where` names the file and the field): refused when it has a
+    scheme that runs a command or reaches the network, unless the user passed --trust-urls."""
+    if not isinstance(url, str) or not url:
+        raise DataError(f"{where}: expected a shard path, got {url!r}")
+    if has_scheme(url) and not trust:
+        raise DataError(f"{where}: refusing the URL {url[:80]!r} read from a file: only the command line may "
+                        f"give pipe: or remote URLs (pass {TRUST_FLAG} if you wrote this file)")
+    return url
+
+
+def check_card_entry(name: str, where: str, trust: bool = False) -> str:
+    """A card lists its shards by name, beside the card: no scheme, no absolute path, no `..`."""
+    check_file_url(name, where, trust)
+    if not trust and not has_scheme(name) and (Path(name).is_absolute() or ".." in Path(name).parts):
+        raise DataError(f"{where}: shard {name[:80]!r} is not beside the card (absolute or '..'); "
+                        f"pass {TRUST_FLAG} if you wrote this card")
+    return name
+# ---- end URLs read from files ----
+
+
+def expand(specs: str | list[str], trust: bool = False) -> list[str]:
     """Shard URLs from brace patterns (`a-{000..009}.tar`), the first user's spelling
     (`a-<000..009>.tar`), lists of either, or a folder holding one dataset card (its train
-    split). Local files must exist; `pipe:` and other URLs are passed through unchecked."""
+    split). Local files must exist; `pipe:` and other URLs typed by the user are passed
+    through unchecked (a card's entries are checked: `trust` is --trust-urls)."""
     specs = [specs] if isinstance(specs, str) else list(specs)
     urls: list[str] = []
     for spec in specs:
         if Path(spec).is_dir():
             card_path = _only_card(Path(spec))
-            urls += split_urls(read_card(card_path), card_path, "train")
+            urls += split_urls(read_card(card_path), card_path, "train", trust)
             continue
         for url in braceexpand.braceexpand(_ANGLE_RANGE.sub(r"{\1}", spec)):
             if _is_local(url) and not Path(url).exists():
@@ -33,6 +69,15 @@ def expand(specs: str | list[str]) -> list[str]:
     if not urls:
         raise DataError(f"no shards match {specs!r}")
     return urls
+
+
+def absolute_specs(specs):
+    """Local paths and patterns made absolute (URLs with a scheme left as they are); None stays."""
+    if specs is None:
+        return None
+    one = isinstance(specs, str)
+    out = [s if has_scheme(s) else os.path.abspath(s) for s in ([specs] if one else specs)]
+    return out[0] if one else out
 
 
 def _is_local(url: str) -> bool:
@@ -86,19 +131,45 @@ def read_card(path: Path) -> dict:
         raise DataError(f"dataset card not found: {path}") from None
     except ValueError as e:
         raise DataError(f"dataset card {path} is not valid JSON: {e}") from None
-    if "splits" not in card or "classes" not in card:
+    if not isinstance(card, dict) or "splits" not in card or "classes" not in card:
         raise DataError(f"dataset card {path} lacks 'splits' or 'classes'")
+    _check_card_shape(card, path)
     return card
 
 
-def split_urls(card: dict, card_path: Path, split: str) -> list[str]:
+def _check_card_shape(card: dict, path) -> None:
+    """The fields the readers index into, with the types they expect: a card from a stranger
+    fails here with one line instead of a TypeError deep in the loader."""
+    ok_int = lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0  # noqa: E731
+    if not (isinstance(card["classes"], list) and card["classes"] and all(isinstance(c, str) for c in card["classes"])):
+        raise DataError(f"dataset card {path}: 'classes' must be a non-empty list of names")
+    if not isinstance(card["splits"], dict):
+        raise DataError(f"dataset card {path}: 'splits' must be an object")
+    for name, sp in card["splits"].items():
+        shards = sp.get("shards") if isinstance(sp, dict) else None
+        if not (isinstance(shards, list) and ok_int(sp.get("count"))
+                and all(isinstance(x, dict) and isinstance(x.get("file"), str) and ok_int(x.get("count")) for x in shards)):
+            raise DataError(f"dataset card {path}: splits.{name} must hold 'count' and 'shards' "
+                            f"[{{\"file\": NAME, \"count\": N}}, ...]")
+    if "num_indices" in card and not ok_int(card["num_indices"]):
+        raise DataError(f"dataset card {path}: 'num_indices' must be a non-negative integer")
+
+
+def split_urls(card: dict, card_path: Path, split: str, trust: bool = False) -> list[str]:
     """The shard paths of one split of a card, resolved beside the card. A listed shard that
     is not there is an error at start-up, as for a pattern (one that vanishes later is
-    skipped with a record, and counts against --max-skip-frac)."""
+    skipped with a record, and counts against --max-skip-frac). Entries with a scheme or
+    outside the card's folder are refused unless `trust` (--trust-urls)."""
     if split not in card["splits"]:
         raise DataError(f"dataset card {card_path} has no {split!r} split")
-    urls = [str(Path(card_path).parent / s["file"]) for s in card["splits"][split]["shards"]]
-    missing = [u for u in urls if not Path(u).exists()]
+    try:
+        entries = [s["file"] for s in card["splits"][split]["shards"]]
+    except (TypeError, KeyError):
+        raise DataError(f"dataset card {card_path}: splits.{split}.shards must be a list of {{\"file\": ..., \"count\": ...}}") from None
+    for i, name in enumerate(entries):
+        check_card_entry(name, f"dataset card {card_path}, splits.{split}.shards[{i}].file", trust)
+    urls = [name if has_scheme(name) else str(Path(card_path).parent / name) for name in entries]
+    missing = [u for u in urls if not has_scheme(u) and not Path(u).exists()]
     if missing:
         raise DataError(f"shard not found: {missing[0]}" + (f" and {len(missing) - 1} more" if len(missing) > 1 else "")
                         + f" ({split} split of the dataset card {card_path})")

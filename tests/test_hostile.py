@@ -428,7 +428,7 @@ BAD = [  # (id, extra argv (D: the good shard folder, O: odd_files), the flag na
                  "no checkpoint", marks=needs_flag_patch),
     pytest.param("missing --resume", ["--resume", "O/none"], "--resume", "no checkpoint", marks=needs_flag_patch),
     pytest.param("--resume of another model", ["--resume", "R", "--model", "mnist_cnn_bn"], "--resume",
-                 "another model", marks=needs_flag_patch),
+                 "--model 'mnist_cnn' -> 'mnist_cnn_bn'", marks=needs_flag_patch),   # checked before the weights load
     ("missing --pretrained", ["--pretrained", "O/none.safetensors"], "--pretrained", "no such file"),
     ("unwritable --out", ["--out", "O/a_file/sub"], "--out", "not writable"),
     ("subset larger than the split", ["--max-train-samples", "100000"], "--max-train-samples", "exceeds"),

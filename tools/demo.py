@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 from train.limit import cli as train_cli
+from train.runfolder import resume_args
 
 COMMON = ["--model", "mnist_cnn", "--max-train-samples", "10000", "--noise", "uniform:0.8",
           "--optimizer", "adam", "--lr", "1e-3", "--batch-size", "256", "--workers", "2"]
@@ -17,8 +18,9 @@ COMMON = ["--model", "mnist_cnn", "--max-train-samples", "10000", "--noise", "un
 
 def train(name: str, shards: Path, runs: Path, epochs: int, *extra: str) -> dict:
     out = runs / name
+    # a rerun of the demo continues (or, finished, just reports) its own runs: runfolder.resume_args
     argv = ["--data", str(shards / "mnist-{000..009}.tar"), *COMMON, "--epochs", str(epochs),
-            "--out", str(out), *extra]
+            "--out", str(out), *extra, *resume_args(out)]
     print(f"\n== {name}: python train/limit.py {' '.join(argv)}", flush=True)
     if train_cli(argv) != 0:
         sys.exit(f"demo: training {name} failed")

@@ -28,8 +28,8 @@ from models.limit import label_scores  # noqa: E402
 from pipeline import loader as data  # noqa: E402
 from pipeline.batch import to_device  # noqa: E402
 from pipeline.cpu import ReadSpec  # noqa: E402
-from pipeline.shards import DataError, Part  # noqa: E402
-from train import checkpoint, config, setup  # noqa: E402
+from pipeline.shards import DataError, Part, TRUST_FLAG, check_file_url  # noqa: E402
+from train import checkpoint, config, runfolder, setup  # noqa: E402
 from train.report import detection_summary, draw_suspects, grid_rows, write_suspects_csv  # noqa: E402
 
 USER_ERRORS = (config.ConfigError, DataError, ModelError, checkpoint.CheckpointError)
@@ -162,8 +162,7 @@ def load_run(args):
     run = Path(args.run)
     if not (run / "config.json").is_file():
         raise config.ConfigError(f"--run {run}: no config.json (not a training run folder)")
-    saved = json.loads((run / "config.json").read_text())   # keys of other versions are dropped
-    cfg = config.Config(**{f.name: saved[f.name] for f in fields(config.Config) if f.name in saved})
+    cfg = saved_config(run / "config.json", args.trust_urls)
     if args.data:                      # shards moved: the other splits come from the card
         cfg.data, cfg.val_data, cfg.test_data = list(args.data), None, None
     cfg.pretrained, cfg.init_from = "", ""   # weights come from the checkpoint
@@ -176,8 +175,33 @@ def load_run(args):
     return cfg, ckpt
 
 
+def saved_config(path: Path, trust: bool) -> config.Config:
+    """A run's config.json, which may come from a stranger: each known field must have its
+    type (keys of other versions are dropped), the whole must pass the trainer's checks, and
+    its shard URLs must be plain paths unless --trust-urls (pipeline.shards.check_file_url)."""
+    saved = runfolder.read_json(path, "--run")
+    kw = {}
+    for f in fields(config.Config):
+        if f.name not in saved:
+            continue
+        v, want = saved[f.name], f.type if f.type in (int, float, str, bool) else list
+        ok = (v is None and want is list) or (isinstance(v, want) and not (want is int and isinstance(v, bool))) \
+            or (want is float and isinstance(v, int) and not isinstance(v, bool))
+        if not ok or (want is list and v is not None and not all(isinstance(x, str) for x in v)):
+            raise config.ConfigError(f"--run: {path}: field {f.name!r} has the wrong type ({type(v).__name__})")
+        kw[f.name] = v
+    try:
+        cfg = config.validate(config.Config(**kw))
+    except config.ConfigError as e:
+        raise config.ConfigError(f"--run: {path}: {e}") from None
+    for name in ("data", "val_data", "test_data"):
+        for i, url in enumerate(getattr(cfg, name) or []):
+            check_file_url(url, f"--run: {path}, field {name}[{i}]", trust)
+    return cfg
+
+
 def build_loader(cfg, args, part: Part):
-    ds = data.resolve(cfg.data, cfg.val_data, cfg.test_data)
+    ds = data.resolve(cfg.data, cfg.val_data, cfg.test_data, args.trust_urls)
     if args.split not in ds.urls:
         raise DataError(f"the dataset has no {args.split!r} split")
     aug = data.spec_from_card(ds.card, cfg.image_size)
@@ -246,6 +270,9 @@ def parse_args(argv):
     p.add_argument("--batch-size", type=int, default=0, help="default: the run's")
     p.add_argument("--workers", type=int, default=None, help="decode workers (default: the run's)")
     p.add_argument("--out", required=True, help="output folder")
+    p.add_argument(TRUST_FLAG, dest="trust_urls", action="store_true",
+                   help="let the run's config.json and the dataset card name pipe: or remote shard URLs "
+                        "(pipe: runs a shell command: only for runs you made)")
     return p.parse_args(argv)
 
 
@@ -293,6 +320,9 @@ def cli(argv=None) -> int:
     except USER_ERRORS as e:
         print(f"rank_labels: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("rank_labels: interrupted; --out may hold partial files (run it again)", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from train.limit import cli as train_cli
+from train.runfolder import resume_args
 
 COLUMNS = ["method", "p", "n", "seed", "epochs", "best_val_acc", "test_acc", "test_acc_last", "auc", "wall_s"]
 # LIMIT's recipe (RESULTS.md, "Tuning"): the BatchNorm predictor and an EMA of the classifier's
@@ -105,8 +106,9 @@ def run_cell(method, p, n, seed, args) -> dict:
     run = args.runs / f"{method}-p{p}-n{n}-s{seed}"
     ce_run = args.runs / f"ce-p{p}-n{n}-s{seed}"
     t0 = time.time()
+    # a cell killed earlier continues from its checkpoint (runfolder.resume_args)
     if train_cli(cell_args(method, p, n, seed, args.shards, run, ce_run, args.max_epochs,
-                           args.train_args.split())) != 0:
+                           args.train_args.split()) + resume_args(run)) != 0:
         raise SystemExit(f"reproduce: {run.name} failed")
     final = json.loads((run / "final.json").read_text())
     return {"method": method, "p": p, "n": n, "seed": seed, "epochs": final["epochs"],

@@ -12,6 +12,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from train.runfolder import read_jsonl, write_atomic
+
 
 class CheckpointError(ValueError):
     """A missing or unreadable checkpoint: one line, exit code 2, never a fresh start."""
@@ -108,7 +110,5 @@ def trim_logs(out: Path, epoch: int) -> None:
     for name in ("metrics.jsonl", "skipped.jsonl"):
         path = Path(out) / name
         if path.exists():
-            lines = [ln for ln in path.read_text().splitlines() if json.loads(ln)["epoch"] < epoch]
-            tmp = path.with_name(name + ".tmp")
-            tmp.write_text("".join(ln + "\n" for ln in lines))
-            os.replace(tmp, path)
+            rows = [r for r in read_jsonl(path) if r["epoch"] < epoch]
+            write_atomic(path, "".join(json.dumps(r) + "\n" for r in rows))

@@ -3,6 +3,7 @@ config is written to OUT/config.json and into every checkpoint."""
 import argparse
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 
 
@@ -68,6 +69,8 @@ class Config:
     out: str = opt("runs/run", "run folder: config.json, metrics.jsonl, final.json, checkpoints/")
     seed: int = opt(0, "seed of weights, augmentation, shuffling and the train subset")
     resume: str = opt("", "resume from a checkpoint folder, or 'auto' for OUT/checkpoints/last")
+    overwrite: bool = opt(False, "start afresh in an --out that holds another run, deleting its logs and checkpoints (without it such a folder is refused)", action="store_true")
+    trust_urls: bool = opt(False, "let shard URLs read from files (a dataset card's shard list) be pipe: or remote URLs; pipe: runs a shell command, so only for files you wrote", action="store_true")
     save_every: int = opt(0, "also checkpoint every N optimizer steps inside an epoch (0: epoch ends only)")
     log_with: str = opt("", "accelerate tracker, e.g. tensorboard (nothing is contacted unless asked)")
     max_skip_frac: float = opt(0.01, "stop (exit 2) when more than this fraction of a split's samples is lost in an epoch: damaged samples, cut-off or missing shards (issue 7; 1: never)")
@@ -103,6 +106,11 @@ NON_NEGATIVE = ("patience", "balance", "save_every", "workers", "image_size", "m
 
 
 def validate(cfg: Config) -> Config:
+    for f in dataclasses.fields(cfg):      # inf and nan parse as floats, and train to NaN
+        if f.type is float and not math.isfinite(getattr(cfg, f.name)):
+            raise ConfigError(f"{f.metadata.get('flag', '--' + f.name.replace('_', '-'))} must be a finite number, got {getattr(cfg, f.name)}")
+    if cfg.overwrite and cfg.resume:
+        raise ConfigError("--overwrite starts afresh and --resume continues: pass one of them")
     for name in POSITIVE:
         if not getattr(cfg, name) > 0:
             raise ConfigError(f"--{name.replace('_', '-')} must be > 0, got {getattr(cfg, name)}")

@@ -19,14 +19,14 @@ from accelerate import Accelerator  # noqa: E402
 from models.backbones import ModelError  # noqa: E402
 from models.ema import Ema  # noqa: E402
 from pipeline import loader as data  # noqa: E402
-from pipeline.shards import DataError, Part  # noqa: E402
-from train import checkpoint, config, setup  # noqa: E402
-from train.loop import Run, fit  # noqa: E402
+from pipeline.shards import DataError, Part, absolute_specs  # noqa: E402
+from train import checkpoint, config, runfolder, setup  # noqa: E402
+from train.loop import Diverged, Run, fit, stop_on_interrupt  # noqa: E402
 from train.objectives import make_objective  # noqa: E402
 from train.fano import run_summary  # noqa: E402
 from train.report import write_curves  # noqa: E402
 
-USER_ERRORS = (config.ConfigError, DataError, ModelError, checkpoint.CheckpointError)
+USER_ERRORS = (config.ConfigError, DataError, ModelError, checkpoint.CheckpointError, Diverged)
 
 
 def prepare_out(cfg) -> Path:
@@ -43,12 +43,30 @@ def prepare_out(cfg) -> Path:
 
 def main(argv=None) -> int:
     cfg = config.parse(argv)
+    # absolute, so that config.json names the shards wherever it is read from (rank_labels)
+    cfg.data, cfg.val_data, cfg.test_data = (absolute_specs(v) for v in (cfg.data, cfg.val_data, cfg.test_data))
     acc = Accelerator(mixed_precision=cfg.mixed_precision or None,
                       log_with=cfg.log_with or None, project_dir=cfg.out)
     out = prepare_out(cfg)
+    lock = runfolder.RunLock(out).acquire() if acc.is_main_process else None
+    try:
+        return train(cfg, acc, out)
+    finally:
+        if lock:
+            lock.release()
+
+
+def train(cfg, acc, out: Path) -> int:
+    """The run, with --out locked: refuse or replace another run, or continue this one."""
+    runfolder.claim(out, cfg.resume, cfg.overwrite, acc.is_main_process)
+    if cfg.resume == "auto" and (final := runfolder.finished(out, cfg.epochs)):
+        acc.print(f"{out}: the run finished ({final['epochs']} epochs"
+                  f"{', stopped early' if final.get('early_stopped') else ''}); nothing to do "
+                  "(raise --epochs to continue it)")
+        return 0
     setup.seed_everything(cfg.seed)
     # ---- data ----
-    ds = data.resolve(cfg.data, cfg.val_data, cfg.test_data)
+    ds = data.resolve(cfg.data, cfg.val_data, cfg.test_data, cfg.trust_urls)
     aug = data.spec_from_card(ds.card, cfg.image_size)
     part = Part(acc.process_index, acc.num_processes)
     backend, backend_note = data.choose_backend(cfg.backend)
@@ -72,19 +90,13 @@ def main(argv=None) -> int:
     ema = Ema(acc.unwrap_model(model).classifier, cfg.model_ema_decay) if cfg.model_ema else None
     start, resume = 0, None
     if cfg.resume:
-        where = out / "checkpoints" / "last" if cfg.resume == "auto" else Path(cfg.resume)
-        try:
-            resume = checkpoint.load_train_state(where, acc.unwrap_model(model), optimizer, ema)
-        except checkpoint.CheckpointError as e:
-            raise checkpoint.CheckpointError(f"--resume {cfg.resume}: {e}") from None
+        resume = resume_state(cfg, out, acc, model, optimizer, ema)
         start = resume["epoch"] if resume.get("in_epoch") else resume["epoch"] + 1
-        if acc.is_main_process:
-            checkpoint.trim_logs(out, start)      # lines written after that checkpoint are redone
     if acc.is_main_process:
         if not cfg.resume:
             for log in ("metrics.jsonl", "skipped.jsonl"):    # a fresh run starts fresh logs
                 (out / log).unlink(missing_ok=True)
-        (out / "config.json").write_text(cfg.to_json() + "\n")
+        runfolder.write_atomic(out / "config.json", cfg.to_json() + "\n")
         acc.print(f"{cfg.method} on {len(ds.classes)} classes, {n_train} train samples, "
                   f"{steps} steps/epoch, backend {backend_note}, device {acc.device}, "
                   f"precision {acc.mixed_precision}" + (f"; init {init_note}" if init_note else ""))
@@ -97,16 +109,48 @@ def main(argv=None) -> int:
     run = Run(cfg, acc, model, optimizer, objective, loaders, norm, steps, out, ema=ema)
     if resume:
         run.step, run.best, run.n_skipped = resume["step"], resume["best"], resume["n_skipped"]
-    final = fit(run, start, resume if resume and resume.get("in_epoch") else None)
+    with stop_on_interrupt():
+        final = fit(run, start, resume if resume and resume.get("in_epoch") else None)
     if acc.is_main_process:
         # Theorem 2.1: the train error any learner keeping no label-noise information must make
         final.update(run_summary(noise.matrix.numpy(), final["train_acc_last"]))
-        (out / "final.json").write_text(json.dumps(final, indent=1) + "\n")
+        runfolder.write_atomic(out / "final.json", json.dumps(final, indent=1) + "\n")
         write_curves(out)                     # curves.png + summary.csv from metrics.jsonl
         acc.print(f"done: best val {final['best_val_acc']} at epoch {final['best_epoch']}, "
                   f"test {final['test_acc']}, last test {final['test_acc_last']}")
     acc.end_training()
     return 0
+
+
+def resume_state(cfg, out: Path, acc, model, optimizer, ema) -> dict:
+    """Load a checkpoint into the run after checking that it is the same experiment; the safe
+    changes (runfolder.SAFE_ON_RESUME) are printed and recorded in OUT/resumes.jsonl."""
+    where = out / "checkpoints" / "last" if cfg.resume == "auto" else Path(cfg.resume)
+    try:
+        folder = checkpoint.locate(where)
+        saved = checkpoint.read_meta(folder).get("config")
+        if not isinstance(saved, dict):
+            raise checkpoint.CheckpointError(f"checkpoint {folder}: meta.json has no config")
+        saved = {**saved, **{k: absolute_specs(saved.get(k)) for k in ("data", "val_data", "test_data")}}
+        in_epoch = bool(checkpoint.read_meta(folder).get("in_epoch"))
+        safe, refused = runfolder.config_changes(saved, vars(cfg), in_epoch)
+        if refused:
+            raise config.ConfigError(f"--resume {cfg.resume}: these flags differ from the checkpoint's run and would "
+                                     f"make it another experiment: {'; '.join(refused)} (use a new --out)")
+        meta = checkpoint.load_train_state(folder, acc.unwrap_model(model), optimizer, ema)
+    except checkpoint.CheckpointError as e:
+        raise checkpoint.CheckpointError(f"--resume {cfg.resume}: {e}") from None
+    start = meta["epoch"] if meta.get("in_epoch") else meta["epoch"] + 1
+    if start >= cfg.epochs:               # nothing to train: fit() would write an empty final.json
+        raise config.ConfigError(f"--resume {cfg.resume}: the checkpoint ends epoch {start - 1}; "
+                                 f"--epochs {cfg.epochs} leaves nothing to train (raise --epochs)")
+    if acc.is_main_process:
+        checkpoint.trim_logs(out, start)      # lines written after that checkpoint are redone
+        if safe:
+            acc.print("resume: " + ", ".join(f"--{k.replace('_', '-')} {a!r} -> {b!r}" for k, (a, b) in safe.items()))
+            with open(out / "resumes.jsonl", "a") as f:
+                f.write(json.dumps({"epoch": start, "changed": safe}) + "\n")
+    return meta
 
 
 def cli(argv=None) -> int:
@@ -115,6 +159,10 @@ def cli(argv=None) -> int:
     except USER_ERRORS as e:
         print(f"limit: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(("\n" if sys.stderr.isatty() else "")          # below the progress bar
+              + "limit: interrupted; the last checkpoint is kept (continue with --resume auto)", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

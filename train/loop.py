@@ -1,7 +1,9 @@
 """The training loop: one plain loop over epochs and steps; evaluation, logging and
 checkpointing in marked blocks. A checkpoint inside an epoch (--save-every) records where each
 data worker stopped, so a resumed run takes exactly the same steps as an uninterrupted one."""
+import contextlib
 import json
+import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -65,6 +67,7 @@ def train_epoch(run: Run, epoch: int, resume: dict | None = None) -> dict:
     total, warmup = cfg.epochs * run.steps_per_epoch, int(cfg.warmup_epochs * run.steps_per_epoch)
     t_wait = time.perf_counter()
     for batch in loader(epoch, start=position):
+        stop_if_asked()
         wait += time.perf_counter() - t_wait
         run.note_skips(batch.skipped, epoch)
         if len(batch):
@@ -86,16 +89,65 @@ def train_epoch(run: Run, epoch: int, resume: dict | None = None) -> dict:
             run.step += 1
             bar.update()
             if cfg.save_every and run.step % cfg.save_every == 0:          # ---- mid-epoch save
+                check_finite(run, meter, epoch)
                 run.save("last", {"epoch": epoch, "in_epoch": True, "meter": meter.sums.tolist()})
         t_wait = time.perf_counter()
     bar.close()
     wall = time.perf_counter() - t0
+    check_finite(run, meter, epoch)
     res = meter.result(acc.reduce)
     check_skips(run, "train", epoch, res["n"], first_skip)
     return {"train_loss": res["loss"], "train_acc": res["acc"], "train_acc_clean": res["acc_clean"],
             "train_acc_flipped": res["acc_flipped"], "train_acc_kept": res["acc_kept"],
             "samples_seen": res["n"], "images_per_s": res["n"] / wall,
             "data_wait_frac": wait / wall, "train_s": wall}
+
+
+# ---- Ctrl-C ----
+# Python raises KeyboardInterrupt wherever the main thread is; inside a fork hook or a
+# finalizer (a DataLoader starting its workers) it is printed as "Exception ignored" and lost,
+# and training goes on. So the first SIGINT only asks; the loop stops at the next batch.
+_STOP = {"asked": False}
+
+
+def _ask_stop(signum, frame):
+    if _STOP["asked"]:
+        raise KeyboardInterrupt             # a second Ctrl-C: now
+    _STOP["asked"] = True
+
+
+def stop_if_asked() -> None:
+    if _STOP["asked"]:
+        raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def stop_on_interrupt():
+    _STOP["asked"] = False
+    previous = signal.signal(signal.SIGINT, _ask_stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        _STOP["asked"] = False
+# ---- end Ctrl-C ----
+
+
+class Diverged(ValueError):
+    """The training loss became inf or NaN: one line, exit code 2, the last good checkpoint kept."""
+
+
+def check_finite(run: Run, meter: Meter, epoch: int) -> None:
+    """Before anything is saved: weights that produced a non-finite loss are never written over
+    the last good checkpoint. Read at save points only (one host sync each, not per step);
+    every rank reaches the same verdict from the reduced sums, so all stop together."""
+    sums = run.accelerator.reduce(meter.sums.clone(), "sum")
+    if torch.isfinite(sums).all():
+        return
+    last = run.out / "checkpoints" / "last"
+    raise Diverged(f"epoch {epoch}, step {run.step}: the training loss is not finite (diverged); "
+                   f"nothing saved from this epoch, the last good checkpoint is "
+                   f"{last if last.exists() else 'none'}; lower --lr or set --clip-grad")
 
 
 @torch.no_grad()
@@ -109,6 +161,7 @@ def evaluate(run: Run, split: str, epoch: int = 0) -> dict:
     meter = Meter(run.accelerator.device)
     first_skip = len(run.skipped)
     for batch in run.loaders[split](epoch):
+        stop_if_asked()
         run.note_skips(batch.skipped, epoch)
         if len(batch):
             b = run.device_batch(batch)
@@ -123,7 +176,7 @@ def fit(run: Run, start_epoch: int = 0, resume: dict | None = None) -> dict:
     """Train from start_epoch (inside it when `resume` is a mid-epoch checkpoint's meta)."""
     cfg, acc = run.cfg, run.accelerator
     t_start = time.perf_counter()
-    row = {}
+    row, early = {}, False
     for epoch in range(start_epoch, cfg.epochs):
         row = {"epoch": epoch, **train_epoch(run, epoch, resume if epoch == start_epoch else None),
                **evaluate(run, "val", epoch), **evaluate(run, "test", epoch)}
@@ -149,11 +202,12 @@ def fit(run: Run, start_epoch: int = 0, resume: dict | None = None) -> dict:
         acc.log(row, step=epoch)
         if cfg.patience and epoch - run.best.get("epoch", epoch) >= cfg.patience:
             acc.print(f"early stop: no validation gain in {cfg.patience} epochs")
+            early = True
             break
     return {"best_val_acc": run.best.get("val_acc"), "best_epoch": run.best.get("epoch"),
             "test_acc": run.best.get("test_acc"), "test_acc_last": row.get("test_acc"),
             "train_acc_last": row.get("train_acc"),
-            "epochs": row.get("epoch", -1) + 1, "samples_skipped": row.get("samples_skipped", run.n_skipped),
+            "epochs": row.get("epoch", -1) + 1, "early_stopped": early, "samples_skipped": row.get("samples_skipped", run.n_skipped),
             "wall_s": time.perf_counter() - t_start}
 
 

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
+from train.runfolder import read_jsonl
+
 # summary.csv's leading columns (timm-like); any other metric follows in first-seen order
 CSV_FIRST = ("epoch", "train_loss", "train_acc", "train_acc_clean", "train_acc_flipped", "train_acc_kept",
              "val_acc", "val_acc_clean", "test_acc", "test_acc_clean", "lr")
@@ -31,10 +33,8 @@ def _pyplot():
 def read_metrics(path: Path) -> list[dict]:
     """metrics.jsonl rows by epoch; a resumed run's repeated epoch keeps its last row."""
     by_epoch = {}
-    for line in Path(path).read_text().splitlines():
-        if line.strip():
-            row = json.loads(line)
-            by_epoch[row["epoch"]] = row
+    for row in read_jsonl(path):
+        by_epoch[row["epoch"]] = row
     return [by_epoch[e] for e in sorted(by_epoch)]
 
 
@@ -98,7 +98,11 @@ def write_curves(run_dir) -> Path | None:
     write_summary_csv(rows, run_dir / "summary.csv")
     title = ""
     if (run_dir / "config.json").is_file():
-        cfg = json.loads((run_dir / "config.json").read_text())
+        try:
+            cfg = json.loads((run_dir / "config.json").read_text())
+            cfg = cfg if isinstance(cfg, dict) else {}
+        except ValueError:
+            cfg = {}                    # a title is not worth failing a finished run for
         title = f"{cfg.get('method')} {cfg.get('model')}, noise {cfg.get('noise')}"
     plot_curves(rows, run_dir / "curves.png", title)
     return run_dir / "curves.png"
@@ -184,6 +188,8 @@ def read_images(shard_dir: Path, wanted: dict) -> dict:
     from pipeline.tario import iter_tar
     found = {}
     for shard, keys in wanted.items():
+        if not isinstance(shard, str) or Path(shard).name != shard:
+            continue                   # a manifest names shards beside its card, never a path
         left = set(keys)
         try:
             with open(shard_dir / shard, "rb") as f:
