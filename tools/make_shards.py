@@ -11,6 +11,7 @@ import argparse
 import io
 import json
 import os
+import re
 import sys
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -154,6 +155,34 @@ def write_outputs(src, results: list[dict], args) -> dict:
     return card
 
 
+def remove_stale_shards(out: Path, name: str, card: dict) -> list[str]:
+    """Delete NAME-NNN / NAME-val-NNN / NAME-test-NNN tars and indexes in `out` that the new
+    card does not list: left by an older conversion with other options, a brace pattern would
+    still train on them. Runs after the card is written, so a kill in between leaves the new
+    set complete with extra files (verify_shards names them), never a card without shards.
+    Files another card in `out` lists are kept (a dataset named NAME-val, say)."""
+    own = re.compile(rf"{re.escape(name)}(-val|-test)?-[0-9]+\.(tar|idx)")
+    keep = _listed_files(card) | {f for other in out.glob("*.json") if other.name != f"{name}.json"
+                                  for f in _listed_files(_maybe_card(other))}
+    keep |= {f[:-4] + ".idx" for f in keep if f.endswith(".tar")}
+    stale = sorted(p.name for p in out.iterdir() if own.fullmatch(p.name) and p.name not in keep)
+    for f in stale:
+        (out / f).unlink()
+    return stale
+
+
+def _listed_files(card: dict) -> set[str]:
+    return {s.get("file") for sp in card.get("splits", {}).values() for s in sp.get("shards", [])}
+
+
+def _maybe_card(path: Path) -> dict:
+    try:
+        card = json.loads(path.read_text())
+        return card if isinstance(card, dict) and isinstance(card.get("splits"), dict) else {}
+    except (OSError, ValueError, AttributeError):
+        return {}
+
+
 def load_source(args) -> shard_sources.Source:
     if not args.source.exists():
         raise DataError(f"source not found: {args.source}")
@@ -206,11 +235,16 @@ def main(argv=None) -> int:
         args.out.mkdir(parents=True, exist_ok=True)
         results = run_jobs(plan(src, args), args.workers)
         card = write_outputs(src, results, args)
+        stale = remove_stale_shards(args.out, args.name, card)
     except (DataError, OSError) as e:
         print(f"make_shards: error: {e}", file=sys.stderr)
         return 2
     counts = ", ".join(f"{k} {v['count']}" for k, v in card["splits"].items())
     print(f"wrote {args.out}/{args.name}.json: {counts}; skipped {len(card['skipped'])}")
+    if stale:
+        tars = [f for f in stale if f.endswith(".tar")]
+        print(f"make_shards: removed {len(tars)} shard(s) of an older conversion that the new card does not "
+              f"list: {', '.join(tars[:5])}{' ...' if len(tars) > 5 else ''}", file=sys.stderr)
     for s in card["skipped"][:10]:
         print(f"  skipped {s['source']}: {s['reason']}", file=sys.stderr)
     return 0
