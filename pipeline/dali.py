@@ -69,7 +69,7 @@ def _scan_index(path: str, mtime: float) -> IndexScan:
     gives those samples the same skip records the CPU backend writes (a later copy of a key is
     dropped after DALI by its offset; a copy right after the first is one index line, which
     DALI reads as one sample). Cached per (path, mtime): epochs re-read it."""
-    with open(_idx(path)) as f:
+    with open(_idx(path), encoding="utf-8", errors="replace") as f:
         lines = f.read().split("\n")
     step = 4 if lines[0].startswith("v1.2") else 3
     usable, n, end, skips, drops, seen = 0, 0, 0, [], set(), set()

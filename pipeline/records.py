@@ -8,21 +8,27 @@ Each sample in a shard is a group of tar members sharing one key:
                       [label, index, clean_label]: DALI reads fixed-width bytes directly,
                       where parsing ASCII or JSON inside a pipeline is awkward.
 """
+import hashlib
 import json
 import re
+import unicodedata
 
 import numpy as np
 
 IMAGE_EXTS = ("jpg", "png")
 IDS_DTYPE = np.dtype("<i8")
-_KEY_UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")
+_KEY_UNSAFE = re.compile(r"[^\w-]+")     # str patterns: \w is any Unicode letter, digit or _
 
 
 def make_key(text: str) -> str:
     """A tar-safe key from a source path: no dots (webdataset splits the extension at the
-    first dot), no slashes; 'images/0/00/x.jpg' -> 'images_0_00_x'."""
+    first dot), no slashes; 'images/0/00/x.jpg' -> 'images_0_00_x', '猫/写真.jpg' -> '猫_写真'.
+    Unicode is NFC-normalised first, so a name typed on macOS (decomposed) and on Linux gives
+    one key. A name with no letter or digit left gets 'h' + 16 hex digits of its SHA-1."""
+    text = unicodedata.normalize("NFC", text)
     stem = text.rsplit(".", 1)[0] if "." in text.rsplit("/", 1)[-1] else text
-    return _KEY_UNSAFE.sub("_", stem).strip("_")
+    key = _KEY_UNSAFE.sub("_", stem).strip("_")
+    return key or "h" + hashlib.sha1(text.encode("utf-8", "surrogateescape")).hexdigest()[:16]
 
 
 def split_member(name: str) -> tuple[str, str]:

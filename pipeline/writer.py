@@ -20,7 +20,7 @@ def write_tar(path: Path, samples: list[dict[str, bytes]]) -> int:
     then write DALI's index beside it. Returns the number of samples written."""
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f, tarfile.open(fileobj=f, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+    with open(tmp, "wb") as f, tarfile.open(fileobj=f, mode="w", format=tarfile.USTAR_FORMAT, encoding="utf-8") as tar:
         for sample in samples:
             for name, data in sample.items():
                 tar.addfile(*_member(name, data))
@@ -34,7 +34,7 @@ def write_dali_index(tar_path: Path, idx_path: Path) -> None:
     `v1.2 N`, then one line per sample of `ext data_offset size name` per member."""
     groups: list[list[str]] = []
     last = None
-    with tarfile.open(tar_path, mode="r") as tar:
+    with tarfile.open(tar_path, mode="r", encoding="utf-8") as tar:
         for m in tar.getmembers():
             base, ext = m.name.split(".", 1)
             if base != last:
@@ -42,5 +42,5 @@ def write_dali_index(tar_path: Path, idx_path: Path) -> None:
                 last = base
             groups[-1].append(f"{ext} {m.offset_data} {m.size} {m.name}")
     tmp = Path(str(idx_path) + ".tmp")
-    tmp.write_text(f"v1.2 {len(groups)}\n" + "".join(" ".join(g) + "\n" for g in groups))
+    tmp.write_text(f"v1.2 {len(groups)}\n" + "".join(" ".join(g) + "\n" for g in groups), encoding="utf-8")
     os.replace(tmp, idx_path)

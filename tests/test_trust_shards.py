@@ -52,7 +52,7 @@ def gradient16(path: Path, mode: str = "I;16") -> np.ndarray:
     ramp = np.linspace(0, 65535, 64).round().astype(np.uint16)
     arr = np.tile(ramp, (16, 1))
     if mode == "I;16":
-        Image.fromarray(arr, "I;16").save(path)
+        Image.frombytes("I;16", arr.shape[::-1], arr.astype("<u2").tobytes()).save(path)
     else:                                       # 16-bit RGB: PIL cannot write it, write raw PNG
         _write_png16_rgb(path, np.stack([arr] * 3, -1))
     assert path.read_bytes()[24] == 16          # the IHDR bit depth

@@ -131,8 +131,11 @@ def drop_empty_shards(results: list[dict], out: Path) -> list[dict]:
 
 
 def write_outputs(src, results: list[dict], args) -> dict:
-    skipped = [s for r in results for s in r["skipped"]]
+    skipped = src.skipped + [s for r in results for s in r["skipped"]]
     results = drop_empty_shards(results, args.out)
+    if not results:
+        first = f" (first: {skipped[0]['source']}: {skipped[0]['reason']})" if skipped else ""
+        raise DataError(f"no image converted: {len(skipped)} skipped{first}; nothing written")
     splits = {}
     for r in results:
         sp = splits.setdefault(r["split"], {"shards": [], "count": 0})
@@ -232,6 +235,8 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     try:
         src = load_source(args)
+        for note in src.notes:
+            print(f"make_shards: note: {note}", file=sys.stderr)
         args.out.mkdir(parents=True, exist_ok=True)
         results = run_jobs(plan(src, args), args.workers)
         card = write_outputs(src, results, args)

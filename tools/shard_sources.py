@@ -2,6 +2,8 @@
 
 A record is (key, label, clean_label, source) where source is a file path or, for MNIST,
 a uint8 pixel array. Every layout returns the same thing, so the writer never branches."""
+import errno
+import os
 import random
 import re
 from dataclasses import dataclass, field
@@ -23,6 +25,8 @@ class Source:
     channels: int = 3
     normalize: dict = field(default_factory=lambda: {"mean": [0.485, 0.456, 0.406],
                                                      "std": [0.229, 0.224, 0.225]})
+    skipped: list[dict] = field(default_factory=list)   # {key, source, reason}: for the card
+    notes: list[str] = field(default_factory=list)      # said on stderr, not errors
 
 
 # issue 10: named training recipes for `make_shards.py --recipe`, replacing the format's default
@@ -109,32 +113,69 @@ def clothing1m(root: Path, val_fraction: float, seed: int) -> Source:
     return Source(classes, splits, augment={"size": 224, "resize": 256, "crop": "random", "flip": True})
 
 
-def _images(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+def _visible(p: Path) -> bool:
+    """Not a dot-entry: .ipynb_checkpoints, .DS_Store, macOS '._x.jpg' files are no data."""
+    return not p.name.startswith(".")
+
+
+def _images(folder: Path, root: Path, skipped: list) -> list[Path]:
+    """The image files under `folder`, dot-entries and their contents left out. A dangling
+    symlink or a symlink loop is listed in `skipped` (is_file() is False for both, so they
+    would vanish without a word)."""
+    out = []
+    for p in sorted(folder.rglob("*")):
+        rel = p.relative_to(root)
+        if not all(_visible(Path(part)) for part in rel.parts) or p.suffix.lower() not in IMAGE_SUFFIXES:
+            continue
+        if p.is_file():
+            out.append(p)
+        elif p.is_symlink():
+            skipped.append({"key": make_key(rel.as_posix()), "source": str(p), "reason": _broken_link(p)})
+    return out
+
+
+def _broken_link(p: Path) -> str:
+    try:
+        p.resolve(strict=True)
+    except RuntimeError:                 # what Python 3.11's pathlib raises on a loop
+        return "symlink loop"
+    except OSError as e:                 # 3.13 raises ELOOP instead
+        return "symlink loop" if e.errno == errno.ELOOP else f"dangling symlink to {os.readlink(p)}"
+    return "symlink to something that is not a file"
+
+
+def _class_dirs(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_dir() and _visible(p))
 
 
 def imagefolder(root: Path, val_fraction: float, seed: int) -> Source:
-    """root/CLASS/*.jpg, or root/{train,val,test}/CLASS/*.jpg."""
+    """root/CLASS/*.jpg, or root/{train,val,test}/CLASS/*.jpg. Dot-entries are skipped; a
+    class folder without images stays a class (its label id is kept) and is named in a note."""
     split_dirs = {s: root / s for s in SPLITS if (root / s).is_dir()}
     if not split_dirs:
         split_dirs = {"train": root}
-    classes = sorted(p.name for p in split_dirs.get("train", next(iter(split_dirs.values()))).iterdir() if p.is_dir())
+    classes = [p.name for p in _class_dirs(split_dirs.get("train", next(iter(split_dirs.values()))))]
     if not classes:
         raise DataError(f"imagefolder source {root}: no class folders")
     index = {c: i for i, c in enumerate(classes)}
-    splits = {}
+    splits, skipped, notes = {}, [], []
     for split, folder in split_dirs.items():
         recs = []
-        for cdir in sorted(p for p in folder.iterdir() if p.is_dir()):
+        for cdir in _class_dirs(folder):
             if cdir.name not in index:
                 raise DataError(f"imagefolder: class {cdir.name!r} in {split}/ is not among train's classes")
-            for img in _images(cdir):
+            images = _images(cdir, root, skipped)
+            if not images:
+                notes.append(f"class folder {cdir.name!r} holds no images in {folder}: it stays class "
+                             f"{index[cdir.name]}, with no {split} samples")
+            for img in images:
                 rel = img.relative_to(root).as_posix()
                 recs.append((make_key(rel), index[cdir.name], index[cdir.name], str(img)))
         splits[split] = recs
     if "val" not in splits and val_fraction > 0:
         splits["train"], splits["val"] = carve_val(splits["train"], val_fraction, seed)
-    return Source(classes, splits, augment={"size": 224, "crop": "random_resized", "flip": True})
+    return Source(classes, splits, augment={"size": 224, "crop": "random_resized", "flip": True},
+                  skipped=skipped, notes=notes)
 
 
 def _cell(v) -> str:
@@ -159,14 +200,20 @@ def table(path: Path, val_fraction: float, seed: int, classes: list[str] | None 
     import pyarrow
     import pyarrow.csv
     import pyarrow.parquet
+    # a CSV's path column is text even when every name looks like a number ('0001' stays '0001')
+    as_text = pyarrow.csv.ConvertOptions(column_types={"path": pyarrow.string()})
     try:
-        t = pyarrow.parquet.read_table(path) if path.suffix == ".parquet" else pyarrow.csv.read_csv(path)
+        t = (pyarrow.parquet.read_table(path) if path.suffix == ".parquet"
+             else pyarrow.csv.read_csv(path, convert_options=as_text))
     except (pyarrow.ArrowException, OSError) as e:
         raise DataError(f"table {path}: cannot read it ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
-    cols = t.to_pydict()
     for need in ("path", "label"):
-        if need not in cols:
-            raise DataError(f"table {path}: missing column {need!r} (has {sorted(cols)})")
+        if need not in t.column_names:
+            raise DataError(f"table {path}: missing column {need!r} (has {sorted(t.column_names)})")
+    kind = t.schema.field("path").type
+    if not (pyarrow.types.is_string(kind) or pyarrow.types.is_large_string(kind) or pyarrow.types.is_null(kind)):
+        raise DataError(f"table {path}: column 'path' holds {kind}, not file paths (text)")
+    cols = t.to_pydict()
     n = len(cols["label"])
     if n == 0:
         raise DataError(f"table {path}: no rows")
@@ -202,12 +249,19 @@ def table(path: Path, val_fraction: float, seed: int, classes: list[str] | None 
 
 
 def check_unique_keys(src: Source) -> None:
-    seen: set[str] = set()
+    """Two records with one key would be one sample to every reader: name both sources."""
+    seen: dict[str, object] = {}
     for recs in src.splits.values():
-        for key, *_ in recs:
+        for key, _, _, source in recs:
             if key in seen:
-                raise DataError(f"duplicate key {key!r}: two source images map to the same sample key")
-            seen.add(key)
+                raise DataError(f"duplicate key {key!r}: {_name(seen[key])} and {_name(source)} map to the "
+                                "same sample key (rename one; keys drop the extension and turn '/' and "
+                                "punctuation into '_')")
+            seen[key] = source
+
+
+def _name(source) -> str:
+    return source if isinstance(source, str) else "an array"
 
 
 def check_labels(src: Source) -> None:

@@ -132,7 +132,7 @@ def check_index(tar: Path, keys: list[str]) -> list[str]:
     if not idx.is_file():
         return [f"{idx.name}: missing (the DALI backend needs it)"]
     try:
-        lines = [ln.split() for ln in idx.read_text().split("\n")]
+        lines = [ln.split() for ln in idx.read_text(encoding="utf-8", errors="replace").split("\n")]
         head, rows = lines[0], [t for t in lines[1:] if t]
         step = 4 if head[0] == "v1.2" else 3
         end = max((int(o) + int(z) for t in rows for o, z in zip(t[1::step], t[2::step])), default=0)
