@@ -22,6 +22,7 @@ import pyarrow.parquet as pq
 from PIL import Image
 from tqdm import tqdm
 
+from pipeline import records
 from pipeline.records import encode_sample
 from pipeline.shards import DataError
 from pipeline.writer import write_tar
@@ -32,7 +33,9 @@ FORMATS = ("mnist", "clothing1m", "imagefolder", "table")
 
 def encode_image(source, resize: int, quality: int) -> tuple[bytes, str]:
     """-> (bytes, ext). Pixels become lossless PNG; files keep their bytes when they are
-    JPEG or PNG and no resize is asked, else they are re-encoded (never upscaled)."""
+    JPEG or 8-bit PNG and no resize is asked, else they are re-encoded (never upscaled):
+    16-bit images become 8-bit. Images above records.MAX_PIXELS raise ValueError (a skip),
+    unless --resize brings them down."""
     if isinstance(source, np.ndarray):
         buf = io.BytesIO()
         Image.fromarray(source).save(buf, format="PNG")
@@ -44,20 +47,34 @@ def encode_image(source, resize: int, quality: int) -> tuple[bytes, str]:
         raise Image.UnidentifiedImageError("cannot identify image file") from None
     fmt = img.format
     if resize and min(img.size) > resize:
-        img.draft("RGB", (img.size[0] * resize // min(img.size), img.size[1] * resize // min(img.size)))
-        img = img.convert("RGB")
-        s = resize / min(img.size)
-        img = img.resize((max(resize, round(img.size[0] * s)), max(resize, round(img.size[1] * s))), Image.BICUBIC)
-        buf = io.BytesIO()
-        img.save(buf, format="JPEG", quality=quality)
-        return buf.getvalue(), "jpg"
+        return _resized(img, resize, quality), "jpg"
+    too_big = records.pixel_problem(*img.size)
+    if too_big:
+        raise ValueError(f"{too_big}; --resize downscales such images")
     img.draft(img.mode, (64, 64))  # cheap full-file check: the decoder must reach the end
     img.load()
-    if fmt in ("JPEG", "PNG"):
+    if fmt == "JPEG" or (fmt == "PNG" and not _wide_png(data)):
         return data, "jpg" if fmt == "JPEG" else "png"
     buf = io.BytesIO()
-    img.save(buf, format="PNG")
+    records.to_8bit(img).save(buf, format="PNG")
     return buf.getvalue(), "png"
+
+
+def _wide_png(data: bytes) -> bool:
+    """More than 8 bits per channel (the IHDR bit depth): readers would get them clipped."""
+    head = records.image_header(data)
+    return head is None or head[2] > 8
+
+
+def _resized(img: Image.Image, resize: int, quality: int) -> bytes:
+    """The shorter side at `resize`, as JPEG; JPEGs are decoded at a reduced scale (draft)."""
+    img.draft("RGB", (img.size[0] * resize // min(img.size), img.size[1] * resize // min(img.size)))
+    img = records.to_8bit(img).convert("RGB")
+    s = resize / min(img.size)
+    img = img.resize((max(resize, round(img.size[0] * s)), max(resize, round(img.size[1] * s))), Image.BICUBIC)
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", quality=quality)
+    return buf.getvalue()
 
 
 def write_shard(job: dict) -> dict:
