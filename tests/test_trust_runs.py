@@ -256,3 +256,4 @@ def test_resume_with_fewer_epochs_than_done_is_one_line(finished_run, shards, tm
     (run / "final.json").unlink()                         # killed after its last checkpoint
     assert cli(argv(shards, run, "--resume", "auto", "--epochs", "1")) == 2
     assert "raise --epochs" in one_line(capsys)
+

@@ -154,19 +154,18 @@ def summary(rates: list[float] | str, base: float | None = None) -> dict:
 
 
 def make_step(args, device):
-    from tools.bench_step import METHODS, config
-    from train.objectives import make_objective
-    from train.setup import build_model, build_optimizer
-    cfg = config(args.model, **METHODS[args.method])
-    model = build_model(cfg, 14, 3).to(device).to(memory_format=torch.channels_last)
-    opt, objective = build_optimizer(cfg, model), make_objective(cfg)
+    """The trainer's own step (train.step.train_step) on (x, y) batches, bf16 autocast."""
+    from accelerate import Accelerator
+
+    from pipeline.batch import Batch
+    from tools.bench_step import make_run
+    from train.metrics import Meter
+    from train.step import train_step
+    acc = Accelerator(cpu=device.type == "cpu", mixed_precision="bf16")
+    run, meter = make_run(acc, args.model, args.method), Meter(acc.device)
 
     def step(x, y):
-        with torch.autocast(device.type, dtype=torch.bfloat16):
-            loss, _ = objective(model(x), y)
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
+        train_step(run, Batch(x, y, torch.full_like(y, -1), torch.arange(len(y), device=y.device)), meter)
     return step
 
 

@@ -1,5 +1,6 @@
-"""Median training-step time per method on synthetic on-device batches (forward + backward +
-optimizer step, after warm-up), and the ratio to cross-entropy.
+"""Median training-step time per method on synthetic on-device batches: the trainer's own
+step (train.step.train_step: autocast, forward, objective, Accelerate's backward, optimizer,
+meter), after warm-up, and the ratio to cross-entropy.
 
     python tools/bench_step.py --model resnet50 --image-size 224 --batch-size 8 \
         --methods ce,limit,limit-head [--steps 10] [--precision bf16] [--json]
@@ -10,45 +11,47 @@ import argparse
 import json
 import os
 import statistics
+import tempfile
 import time
-from types import SimpleNamespace
+from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
 
+from train.config import Config  # noqa: E402
+from train.loop import Run  # noqa: E402
+from train.metrics import Meter  # noqa: E402
 from train.objectives import make_objective  # noqa: E402
 from train.setup import build_model, build_optimizer  # noqa: E402
+from train.step import synthetic_batch, train_step  # noqa: E402
 
 METHODS = {"ce": dict(method="ce"), "limit": dict(method="limit", predictor="network"),
            "limit-head": dict(method="limit", predictor="head")}
 
 
-def config(model: str, **kw) -> SimpleNamespace:
-    base = dict(model=model, pretrained="", predictor_model="", predictor_loss="mae", beta=10.0,
-                sample=False, sample_dist="gaussian", sigma=0.1, gce_q=0.7, optimizer="sgd",
-                lr=0.01, momentum=0.9, weight_decay=0.0)
-    return SimpleNamespace(**{**base, **kw})
+def make_run(accelerator, model: str, method: str, classes: int = 14, channels: int = 3) -> Run:
+    """A Run around the trainer's own model, optimizer and objective (train/setup.py), SGD at
+    the ResNet-50 recipe's settings, for timing train.step.train_step as the loop calls it."""
+    cfg = Config(data=["synthetic"], model=model, optimizer="sgd", lr=0.01, momentum=0.9, **METHODS[method])
+    net = build_model(cfg, classes, channels).to(memory_format=torch.channels_last)
+    opt = build_optimizer(cfg, net)
+    net, opt = accelerator.prepare(net, opt)
+    return Run(cfg, accelerator, net, opt, make_objective(cfg), loaders={}, norm=((0.5,), (0.5,)),
+               steps_per_epoch=1, out=Path(tempfile.gettempdir()))
 
 
-def time_method(name, args, device, dtype) -> list[float]:
-    cfg = config(args.model, **METHODS[name])
-    model = build_model(cfg, args.classes, 3).to(device).to(memory_format=torch.channels_last)
-    opt, objective = build_optimizer(cfg, model), make_objective(cfg)
-    x = torch.randn(args.batch_size, 3, args.image_size, args.image_size, device=device)
-    x = x.contiguous(memory_format=torch.channels_last)
-    y = torch.randint(0, args.classes, (args.batch_size,), device=device)
-    times = []
+def time_method(name, args, accelerator) -> list[float]:
+    run = make_run(accelerator, args.model, name, args.classes)
+    device = accelerator.device
+    batch = synthetic_batch(args.batch_size, 3, args.image_size, args.classes, device)
+    meter, times = Meter(device), []
     for i in range(args.warmup + args.steps):
         start = time.perf_counter()
         if device.type == "cuda":
             ev = [torch.cuda.Event(enable_timing=True) for _ in range(2)]
             ev[0].record()
-        with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
-            loss, _ = objective(model(x), y)
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
+        train_step(run, batch, meter)
         if device.type == "cuda":
             ev[1].record()
             ev[1].synchronize()
@@ -73,14 +76,15 @@ def main(argv=None) -> int:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
-    device = torch.device(args.device)
+    from accelerate import Accelerator
+    acc = Accelerator(cpu=args.device == "cpu", mixed_precision={"fp32": "no"}.get(args.precision, args.precision))
+    device = acc.device
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
-    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[args.precision]
     import models.backbones  # noqa: F401  (registers mnist_cnn, cifar_resnet34)
     result = {}
     for name in args.methods.split(","):
-        times = time_method(name, args, device, dtype)
+        times = time_method(name, args, acc)
         med = statistics.median(times)
         result[name] = {"step_s": round(med, 5), "spread_s": round(max(times) - min(times), 5),
                         "images_per_s": round(args.batch_size / med, 1)}

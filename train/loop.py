@@ -16,7 +16,7 @@ from pipeline.batch import to_device
 from pipeline.shards import DataError
 from train import checkpoint
 from train.metrics import Meter
-from train.setup import lr_at
+from train.step import train_step
 
 
 @dataclass
@@ -37,6 +37,14 @@ class Run:
     n_skipped: int = 0                  # skipped samples, resumed sessions included
     ema: object = None                  # models.ema.Ema of the classifier (--model-ema)
 
+    @property
+    def total_steps(self) -> int:       # the LR schedule's length
+        return self.cfg.epochs * self.steps_per_epoch
+
+    @property
+    def warmup_steps(self) -> int:
+        return int(self.cfg.warmup_epochs * self.steps_per_epoch)
+
     def device_batch(self, batch):
         return to_device(batch, self.accelerator.device, *self.norm, self.cfg.channels_last)
 
@@ -56,49 +64,38 @@ class Run:
 
 
 def train_epoch(run: Run, epoch: int, resume: dict | None = None) -> dict:
-    cfg, acc, model, loader = run.cfg, run.accelerator, run.model, run.loaders["train"]
-    model.train()
+    acc, loader = run.accelerator, run.loaders["train"]
+    run.model.train()
     meter, wait, t0 = Meter(acc.device), 0.0, time.perf_counter()
     if resume:                                             # inside an epoch: its sums so far
-        meter.sums += torch.tensor(resume["meter"], dtype=torch.float64, device=acc.device)
+        meter.load(resume["meter"])
     position = resume["position"][acc.process_index] if resume else None
     first_skip = len(run.skipped)                          # --max-skip-frac: this epoch's records
     bar = tqdm(total=loader.steps(epoch), desc=f"epoch {epoch}", disable=not acc.is_main_process, leave=False)
-    total, warmup = cfg.epochs * run.steps_per_epoch, int(cfg.warmup_epochs * run.steps_per_epoch)
     t_wait = time.perf_counter()
     for batch in loader(epoch, start=position):
         stop_if_asked()
         wait += time.perf_counter() - t_wait
         run.note_skips(batch.skipped, epoch)
         if len(batch):
-            for g in run.optimizer.param_groups:      # schedule: a pure function of the step
-                g["lr"] = lr_at(run.step, total, warmup, cfg.lr, cfg.sched)
-            b = run.device_batch(batch)
-            with acc.autocast():
-                out = model(b.images)
-                loss, _ = run.objective(out, b.labels)
-            acc.backward(loss * 0 if b.pad else loss)    # a pad step only keeps DDP ranks in step
-            if cfg.clip_grad:
-                acc.clip_grad_norm_(model.parameters(), cfg.clip_grad)
-            run.optimizer.step()
-            run.optimizer.zero_grad(set_to_none=True)
-            if run.ema is not None:
-                run.ema.update()
-            if not b.pad:
-                meter.update(out.logits, b.labels, b.clean, loss)
-            run.step += 1
+            train_step(run, run.device_batch(batch), meter)
             bar.update()
-            if cfg.save_every and run.step % cfg.save_every == 0:          # ---- mid-epoch save
+            if run.cfg.save_every and run.step % run.cfg.save_every == 0:          # ---- mid-epoch save
                 check_finite(run, meter, epoch)
-                run.save("last", {"epoch": epoch, "in_epoch": True, "meter": meter.sums.tolist()})
+                run.save("last", {"epoch": epoch, "in_epoch": True, "meter": meter.state()})
         t_wait = time.perf_counter()
     bar.close()
     wall = time.perf_counter() - t0
     check_finite(run, meter, epoch)
+    if acc.num_processes > 1:                  # the same statistics on every rank before the reduce
+        meter.align(sorted({k for keys in gather_object([sorted(meter.stats)]) for k in keys}))
     res = meter.result(acc.reduce)
     check_skips(run, "train", epoch, res["n"], first_skip)
-    return {"train_loss": res["loss"], "train_acc": res["acc"], "train_acc_clean": res["acc_clean"],
-            "train_acc_flipped": res["acc_flipped"], "train_acc_kept": res["acc_kept"],
+    # train_loss: cross-entropy of the classifier on the given labels, for every method; the
+    # objective's own value and statistics keep their names (train_objective, train_mu_sq, ...)
+    return {"train_loss": res["ce"], "train_loss_clean": res["ce_clean"], "train_acc": res["acc"],
+            "train_acc_clean": res["acc_clean"], "train_acc_flipped": res["acc_flipped"],
+            "train_acc_kept": res["acc_kept"], **{f"train_{k}": v for k, v in res["stats"].items()},
             "samples_seen": res["n"], "images_per_s": res["n"] / wall,
             "data_wait_frac": wait / wall, "train_s": wall}
 
@@ -141,8 +138,7 @@ def check_finite(run: Run, meter: Meter, epoch: int) -> None:
     """Before anything is saved: weights that produced a non-finite loss are never written over
     the last good checkpoint. Read at save points only (one host sync each, not per step);
     every rank reaches the same verdict from the reduced sums, so all stop together."""
-    sums = run.accelerator.reduce(meter.sums.clone(), "sum")
-    if torch.isfinite(sums).all():
+    if meter.finite(run.accelerator.reduce):
         return
     last = run.out / "checkpoints" / "last"
     raise Diverged(f"epoch {epoch}, step {run.step}: the training loss is not finite (diverged); "
@@ -169,7 +165,7 @@ def evaluate(run: Run, split: str, epoch: int = 0) -> dict:
                 meter.update(classifier(b.images), b.labels, b.clean)
     res = meter.result(run.accelerator.reduce)
     check_skips(run, split, epoch, res["n"], first_skip)
-    return {f"{split}_acc": res["acc"], f"{split}_acc_clean": res["acc_clean"]}
+    return {f"{split}_acc": res["acc"], f"{split}_acc_clean": res["acc_clean"], f"{split}_loss": res["ce"]}
 
 
 def fit(run: Run, start_epoch: int = 0, resume: dict | None = None) -> dict:
@@ -184,8 +180,10 @@ def fit(run: Run, start_epoch: int = 0, resume: dict | None = None) -> dict:
         row["wall_s"] = time.perf_counter() - t_start
         row["lr"] = run.optimizer.param_groups[0]["lr"]
         # ---- select on the (noisy) validation split: the paper's protocol ----
-        # (without a validation split, the lowest training loss)
-        score = row.get("val_acc") if row.get("val_acc") is not None else -row["train_loss"]
+        # Without a validation split: accuracy on the given train labels, the same quantity
+        # for every method (the objective's value is not: LIMIT's surrogate is no loss). Unlike
+        # noisy validation accuracy it rewards memorizing the noise: keep a validation split.
+        score = row.get("val_acc") if row.get("val_acc") is not None else row["train_acc"]
         improved = score > run.best["score"]
         if improved:
             run.best = {"score": score, "val_acc": row.get("val_acc"), "epoch": epoch, "test_acc": row.get("test_acc")}

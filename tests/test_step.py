@@ -1,0 +1,46 @@
+"""The training step, defined once (train/step.py): what the loop logs and the benchmarks time."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.shardkit import make_digit_shards
+from train import runfolder
+from train.limit import cli
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory):
+    return make_digit_shards(tmp_path_factory.mktemp("step"), n_train=300, n_test=100, shard_size=100)
+
+
+def argv(data, out, *extra):
+    return ["--data", str(data), "--model", "mnist_cnn", "--epochs", "1", "--batch-size", "64",
+            "--workers", "0", "--out", str(out), *extra]
+
+
+
+def test_metrics_log_cross_entropy_and_the_objectives_own_statistics(shards, tmp_path):
+    assert cli(argv(shards, tmp_path / "r", "--method", "limit", "--noise", "uniform:0.5")) == 0
+    row = runfolder.read_jsonl(tmp_path / "r" / "metrics.jsonl")[0]
+    for key in ("train_loss", "train_loss_clean", "train_objective", "train_predictor_loss", "train_mu_sq",
+                "val_loss", "test_loss"):
+        assert isinstance(row[key], float), key
+    # untrained on 10 classes, the classifier's cross-entropy sits near log(10); the surrogate's value does not
+    assert 1.5 < row["train_loss"] < 4 and row["train_loss"] != row["train_objective"]
+    assert row["train_loss_clean"] < row["train_loss"]          # half of the given labels are wrong
+
+
+def test_the_step_benchmark_times_the_trainers_step():
+    # a subprocess: Accelerate's state (bf16 here) is set once per process
+    r = subprocess.run([sys.executable, "tools/bench_step.py", "--model", "mnist_cnn", "--image-size", "28",
+                        "--batch-size", "16", "--steps", "2", "--warmup", "1", "--device", "cpu", "--json"],
+                       cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-1000:]
+    res = json.loads(r.stdout.strip().splitlines()[-1])
+    assert set(res) == {"ce", "limit", "limit-head"} and all(v["step_s"] > 0 for v in res.values())
