@@ -35,9 +35,11 @@ class PredictorHead(nn.Module):
         return self.net(x)
 
 
-class LimitNet(nn.Module):
-    """classifier + optional predictor. mode: "none" (CE and baselines), "network" (a second
-    backbone reads the image) or "head" (a head reads the classifier's *detached* features,
+class FusedNet(nn.Module):
+    """A classifier and, for the objectives that have one, a second network, fused into one
+    forward (one DDP wrapper, one backward). mode: "none" (the classifier alone: CE and the
+    baselines), "network" (a second backbone reads the image: LIMIT's gradient predictor,
+    softreg's auxiliary network) or "head" (a head reads the classifier's *detached* features,
     so no gradient of the label-dependent predictor loss reaches the classifier's trunk)."""
 
     def __init__(self, classifier: nn.Module, predictor: nn.Module | None = None, mode: str = "none",
@@ -45,8 +47,8 @@ class LimitNet(nn.Module):
         super().__init__()
         assert mode in ("none", "network", "head") and (predictor is None) == (mode == "none")
         self.classifier, self.predictor, self.mode = classifier, predictor, mode
-        # issue 10: softreg (eq. 8) penalizes ||z||^2, so it needs the classifier's penultimate
-        # features *with* their gradient beside the predictor's logits (network mode)
+        # softreg (eq. 8) penalizes ||z||^2, so it needs the classifier's penultimate features
+        # *with* their gradient beside the auxiliary network's logits (network mode)
         self.with_features = with_features
 
     def forward(self, x: torch.Tensor) -> Outputs:
@@ -54,7 +56,7 @@ class LimitNet(nn.Module):
             feats, logits = penultimate(self.classifier, x)
             return Outputs(logits, self.predictor(feats.detach()), feats)
         aux = self.predictor(x) if self.mode == "network" else None
-        if self.with_features:                                           # issue 10: softreg
+        if self.with_features:                                           # softreg
             feats, logits = penultimate(self.classifier, x)
             return Outputs(logits, aux, feats)
         return Outputs(self.classifier(x), aux)

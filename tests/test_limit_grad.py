@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import models.backbones  # noqa: F401  (registers mnist_cnn in timm)
-from models.limit import LimitNet, PredictorHead, label_scores, limit_loss, sample_noise
+from models.limit import FusedNet, PredictorHead, label_scores, limit_loss, sample_noise
 
 K, D, B = 5, 7, 12
 
@@ -28,7 +28,7 @@ def mlp(seed, dtype=torch.float64):
 
 def pair(dtype=torch.float64):
     """A tiny classifier + predictor network pair (no BatchNorm: batch-size independent)."""
-    return LimitNet(mlp(1, dtype), mlp(2, dtype), mode="network")
+    return FusedNet(mlp(1, dtype), mlp(2, dtype), mode="network")
 
 
 def batch(n=B, dtype=torch.float64, seed=3):
@@ -302,7 +302,7 @@ def test_bf16_autocast_update_matches_fp32():
 def test_head_mode_trunk_gets_only_the_surrogate_gradient():
     torch.manual_seed(0)
     clf = timm.create_model("mnist_cnn", num_classes=10).double()
-    net = LimitNet(clf, PredictorHead(clf.num_features, 10, hidden=32).double(), mode="head")
+    net = FusedNet(clf, PredictorHead(clf.num_features, 10, hidden=32).double(), mode="head")
     ref = copy.deepcopy(net)                 # before any forward: identical BatchNorm state
     x = torch.randn(8, 1, 28, 28, dtype=torch.float64)
     y = torch.randint(0, 10, (8,))

@@ -4,7 +4,6 @@ estimate), DMI, and make_objective's dispatch. Hand-computed cases and independe
 The objectives compute in float32 (`.float()`, for AMP), so checks use float32 tolerances and
 finite differences with a float32-sized step rather than float64 gradcheck."""
 import math
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -185,9 +184,11 @@ def test_estimate_transition_on_planted_noise():
 # make_objective ------------------------------------------------------------------------------
 
 def cfg(method, **kw):
+    """The trainer's own typed config (defaults: predictor_loss mae, beta 10, no sampling)."""
+    from train.config import Config
     base = dict(method=method, predictor_loss="mae", beta=10.0, sample=False,
                 sample_dist="gaussian", sigma=0.1, gce_q=0.7)
-    return SimpleNamespace(**{**base, **kw})
+    return Config(data=["x"], **{**base, **kw})
 
 
 @pytest.mark.parametrize("method,fn", [("ce", ce), ("mae", mae), ("dmi", dmi)])

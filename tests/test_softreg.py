@@ -7,7 +7,6 @@ import math
 import subprocess
 import sys
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -15,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.limit import LimitNet, Outputs
+from models.limit import FusedNet, Outputs
 from tests.shardkit import make_digit_shards
 from tools import fano_bound
 from train import config
@@ -118,7 +117,7 @@ class Tiny(nn.Module):
 def test_limitnet_with_features_returns_z_with_its_gradient():
     torch.manual_seed(0)
     clf, pred = Tiny(), Tiny()
-    net = LimitNet(clf, pred, mode="network", with_features=True)
+    net = FusedNet(clf, pred, mode="network", with_features=True)
     x, y = torch.randn(8, 6), torch.randint(0, 4, (8,))
     out = net(x)
     torch.testing.assert_close(out.logits, clf(x))
@@ -129,7 +128,7 @@ def test_limitnet_with_features_returns_z_with_its_gradient():
     loss.backward()
     assert clf.body.weight.grad.abs().sum() > 0 and pred.body.weight.grad.abs().sum() > 0
     assert clf.fc.weight.grad is None or clf.fc.weight.grad.abs().sum() == 0
-    assert LimitNet(clf, pred, mode="network")(x).features is None      # LIMIT's path unchanged
+    assert FusedNet(clf, pred, mode="network")(x).features is None      # LIMIT's path unchanged
 
 
 # CE + gradient noise -------------------------------------------------------------------------
@@ -213,8 +212,7 @@ def test_flags_parse_and_dispatch():
     lb = a.clone().requires_grad_()
     ce_grad_noise(Outputs(lb), y, dist="laplace", sigma=2.0)[0].backward()
     torch.testing.assert_close(la.grad, lb.grad)
-    # plain CE (and a SimpleNamespace config of an older version) is untouched
-    assert make_objective(SimpleNamespace(method="ce")) is ce
+    # plain CE is untouched (objectives take the typed Config: no stand-in namespaces, issue 15)
     assert make_objective(config.parse(["--data", "x"])) is ce
     assert "--lambda" in config.build_parser().format_help()
 

@@ -44,3 +44,22 @@ def test_the_step_benchmark_times_the_trainers_step():
     assert r.returncode == 0, r.stderr[-1000:]
     res = json.loads(r.stdout.strip().splitlines()[-1])
     assert set(res) == {"ce", "limit", "limit-head"} and all(v["step_s"] > 0 for v in res.values())
+
+
+def test_a_new_objective_is_one_function_and_one_registry_entry(shards, tmp_path):
+    import torch.nn.functional as F
+
+    from train.objectives import REGISTRY, Objective, register
+
+    def smoothed_ce(out, labels):                      # label smoothing 0.1: the whole objective
+        loss = F.cross_entropy(out.logits.float(), labels, label_smoothing=0.1)
+        return loss, {"smoothing": loss.new_tensor(0.1)}
+
+    register(Objective("smoothed", lambda cfg, transition=None: smoothed_ce))
+    try:
+        assert cli(argv(shards, tmp_path / "r", "--method", "smoothed")) == 0
+    finally:
+        del REGISTRY["smoothed"]
+    row = runfolder.read_jsonl(tmp_path / "r" / "metrics.jsonl")[0]
+    assert row["train_smoothing"] == pytest.approx(0.1) and row["samples_seen"] == 240
+    assert json.loads((tmp_path / "r" / "config.json").read_text())["method"] == "smoothed"

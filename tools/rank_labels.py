@@ -30,6 +30,7 @@ from pipeline.batch import to_device  # noqa: E402
 from pipeline.cpu import ReadSpec  # noqa: E402
 from pipeline.shards import DataError, Part, TRUST_FLAG, check_file_url  # noqa: E402
 from train import checkpoint, config, runfolder, setup  # noqa: E402
+from train.objectives import REGISTRY  # noqa: E402
 from train.report import detection_summary, draw_suspects, grid_rows, write_suspects_csv  # noqa: E402
 
 USER_ERRORS = (config.ConfigError, DataError, ModelError, checkpoint.CheckpointError)
@@ -291,7 +292,8 @@ def main(argv=None) -> int:
     s = gather(acc, s, out)
     if s is None:
         return 0
-    method = f"predictor {cfg.predictor_loss}" if cfg.method == "limit" else "classifier mse"
+    method = (f"predictor {cfg.predictor_loss}" if REGISTRY[cfg.method].scores_with_predictor
+              else "classifier mse")
     report(s, ds, out, args, {"method": method, "checkpoint": str(ckpt), "split": args.split,
                               "n_skipped": skipped, "device": str(acc.device)})
     return 0

@@ -24,7 +24,7 @@ def _tensors(module: torch.nn.Module) -> dict:
 
 
 def save(folder: Path, model, optimizer, meta: dict, ema=None) -> None:
-    """model: the unwrapped LimitNet; ema: its classifier's models.ema.Ema, or None."""
+    """model: the unwrapped FusedNet; ema: its classifier's models.ema.Ema, or None."""
     folder = Path(folder)
     tmp, old = folder.with_name(folder.name + ".tmp"), folder.with_name(folder.name + ".old")
     shutil.rmtree(tmp, ignore_errors=True)

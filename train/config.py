@@ -6,6 +6,8 @@ import json
 import math
 from dataclasses import dataclass, field
 
+from train.objectives import REGISTRY
+
 
 class ConfigError(ValueError):
     """A bad flag: one line on stderr, exit code 2."""
@@ -35,7 +37,7 @@ class Config:
     pretrained: str = opt("", "local timm weights file for the backbone(s); the head is new")
     channels_last: bool = opt(True, "NHWC memory format (faster convolutions on GPU and AMX CPUs)", action=argparse.BooleanOptionalAction)
     # objective
-    method: str = opt("ce", "objective", choices=["ce", "limit", "mae", "gce", "fw", "dmi", "softreg"])
+    method: str = opt("ce", "objective (train/objectives.py REGISTRY)", choices=lambda: sorted(REGISTRY))
     predictor: str = opt("network", "LIMIT predictor: a second backbone, or a head on the classifier's detached features", choices=["network", "head"])
     predictor_model: str = opt("", "LIMIT predictor backbone (default: the classifier's)")
     predictor_loss: str = opt("mae", "LIMIT predictor distance: mse (LIMIT_G) or mae (LIMIT_L)", choices=["mse", "mae"])
@@ -94,6 +96,8 @@ def build_parser() -> argparse.ArgumentParser:
         flag = meta.pop("flag", "--" + f.name.replace("_", "-"))   # a field may name its flag: --lambda
         kw = {"default": f.default, "help": meta.pop("help")}
         kw.update(meta)
+        if callable(kw.get("choices")):        # read when the parser is built: the objective registry
+            kw["choices"] = kw["choices"]()
         if "action" not in meta and "nargs" not in meta:
             kw["type"] = f.type if f.type in (int, float, str) else str
         p.add_argument(flag, dest=f.name, **kw)
@@ -131,7 +135,9 @@ def validate(cfg: Config) -> Config:
         raise ConfigError("--grad-noise needs --grad-noise-sigma > 0")
     if not 0 <= cfg.max_skip_frac <= 1:                                   # issue 7
         raise ConfigError(f"--max-skip-frac must lie in [0, 1], got {cfg.max_skip_frac}")
-    if cfg.method in ("fw", "dmi") and not cfg.init_from:
+    if cfg.method not in REGISTRY:
+        raise ConfigError(f"--method {cfg.method!r}: not one of {', '.join(sorted(REGISTRY))}")
+    if REGISTRY[cfg.method].fine_tunes and not cfg.init_from:
         raise ConfigError(f"--method {cfg.method} fine-tunes a CE model: pass --init-from RUN")
     return cfg
 

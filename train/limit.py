@@ -22,7 +22,7 @@ from pipeline import loader as data  # noqa: E402
 from pipeline.shards import DataError, Part, absolute_specs  # noqa: E402
 from train import checkpoint, config, runfolder, setup  # noqa: E402
 from train.loop import Diverged, Run, fit, stop_on_interrupt  # noqa: E402
-from train.objectives import make_objective  # noqa: E402
+from train.objectives import REGISTRY, make_objective  # noqa: E402
 from train.fano import run_summary  # noqa: E402
 from train.report import write_curves  # noqa: E402
 
@@ -104,7 +104,7 @@ def train(cfg, acc, out: Path) -> int:
         acc.init_trackers("limit", config={k: str(v) for k, v in vars(cfg).items()})
     norm = (tuple(ds.card["normalize"]["mean"]), tuple(ds.card["normalize"]["std"]))
     transition = (setup.fw_transition(cfg, acc.unwrap_model(model), loaders["train"].as_eval(), acc, norm)
-                  if cfg.method == "fw" else None)
+                  if REGISTRY[cfg.method].transition else None)
     objective = make_objective(cfg, transition)
     run = Run(cfg, acc, model, optimizer, objective, loaders, norm, steps, out, ema=ema)
     if resume:

@@ -24,7 +24,7 @@ class Run:
     """Everything the loop touches, built once by train/limit.py."""
     cfg: object
     accelerator: object
-    model: torch.nn.Module              # prepared (possibly DDP-wrapped) LimitNet
+    model: torch.nn.Module              # prepared (possibly DDP-wrapped) FusedNet
     optimizer: object
     objective: object
     loaders: dict                       # split -> pipeline.loader.Loader

@@ -1,7 +1,13 @@
 """Every training objective behind one signature: `objective(out, labels) -> (loss, stats)`,
-with `out` the model's `Outputs` and `stats` a dict of detached tensors. The loop never
-branches on the method."""
+with `out` the model's `Outputs` and `stats` a dict of detached scalar tensors (logged as
+train_<name> in metrics.jsonl). The loop never branches on the method.
+
+REGISTRY (bottom of this file) is the one place that names the objectives: the config's
+--method choices, the model builder (train/setup.py) and rank_labels read what each entry
+declares it needs. Adding an objective = one function and one `register(Objective(...))`."""
+from dataclasses import dataclass
 from functools import partial
+from typing import Callable
 
 import numpy as np
 import torch
@@ -44,7 +50,7 @@ def limit(out: Outputs, labels, **kw):
     return limit_loss(out.logits, out.aux, labels, **kw)
 
 
-# ---- issue 10: soft regularization (eq. 8) and CE + gradient noise (GN / LN) ----------------
+# ---- soft regularization (the paper's eq. 8) and CE + gradient noise (GN / LN) ----------------
 def softreg(out: Outputs, labels, lambda_: float = 0.01, beta: float = 0.0):
     """The paper's eq. 8, as the authors' PenalizeLastLayerFixedForm computes it:
 
@@ -76,7 +82,7 @@ def ce_grad_noise(out: Outputs, labels, dist: str = "gaussian", sigma: float = 0
     a = out.logits.float()
     n = sample_noise(a.detach(), dist, sigma)
     return F.cross_entropy(a, labels) + ((a - a.detach()) * n).sum(1).mean(), {}
-# ---- end issue 10 ---------------------------------------------------------------------------
+# ---- end soft regularization and gradient noise ----------------------------------------------
 
 
 def estimate_transition(probs: np.ndarray, percentile: float = 97.0) -> np.ndarray:
@@ -92,17 +98,53 @@ def estimate_transition(probs: np.ndarray, percentile: float = 97.0) -> np.ndarr
     return t / t.sum(1, keepdims=True)
 
 
+# ---- the registry ----
+@dataclass(frozen=True)
+class Objective:
+    """What an objective is and what it needs. `build(cfg, transition)` returns the
+    `objective(out, labels)` callable; it reads only the flags of its own method."""
+    name: str
+    build: Callable
+    second_net: str = ""          # "": the classifier alone; "predictor": LIMIT's gradient predictor
+                                  # (--predictor network|head); "aux": an auxiliary backbone with the
+                                  # classifier's features beside it (softreg)
+    fine_tunes: bool = False      # starts from a CE model: --init-from is required
+    transition: bool = False      # needs a noise transition matrix (FW: --transition or estimated)
+    doc: str = ""
+
+    @property
+    def scores_with_predictor(self) -> bool:
+        """rank_labels scores by the predictor's distance to the label (else the classifier's)."""
+        return self.second_net == "predictor"
+
+
+REGISTRY: dict[str, Objective] = {}
+
+
+def register(obj: Objective) -> Objective:
+    REGISTRY[obj.name] = obj
+    return obj
+
+
+def _ce(cfg, transition=None):
+    if cfg.grad_noise:                                   # CE + GN / LN
+        return partial(ce_grad_noise, dist=cfg.grad_noise, sigma=cfg.grad_noise_sigma)
+    return ce
+
+
+register(Objective("ce", _ce, doc="cross-entropy (with --grad-noise: CE + GN / LN)"))
+register(Objective("limit", lambda cfg, t=None: partial(limit, predictor_loss=cfg.predictor_loss, beta=cfg.beta,
+                                                        sample=cfg.sample_dist if cfg.sample else "", sigma=cfg.sigma),
+                   second_net="predictor", doc="LIMIT: the classifier learns from predicted gradients"))
+register(Objective("mae", lambda cfg, t=None: mae, doc="mean absolute error (Ghosh et al.)"))
+register(Objective("gce", lambda cfg, t=None: partial(gce, q=cfg.gce_q), doc="generalized CE (Zhang & Sabuncu)"))
+register(Objective("fw", lambda cfg, t=None: partial(fw, transition=t), fine_tunes=True, transition=True,
+                   doc="forward correction (Patrini et al.)"))
+register(Objective("dmi", lambda cfg, t=None: dmi, fine_tunes=True, doc="determinant mutual information (Xu et al.)"))
+register(Objective("softreg", lambda cfg, t=None: partial(softreg, lambda_=cfg.softreg_lambda, beta=cfg.beta),
+                   second_net="aux", doc="the paper's soft regularization (eq. 8)"))
+
+
 def make_objective(cfg, transition: torch.Tensor | None = None):
     """The objective for cfg.method (a train.config.Config)."""
-    if cfg.method == "limit":
-        return partial(limit, predictor_loss=cfg.predictor_loss, beta=cfg.beta,
-                       sample=cfg.sample_dist if cfg.sample else "", sigma=cfg.sigma)
-    if cfg.method == "gce":
-        return partial(gce, q=cfg.gce_q)
-    if cfg.method == "fw":
-        return partial(fw, transition=transition)
-    if cfg.method == "softreg":                                           # issue 10
-        return partial(softreg, lambda_=cfg.softreg_lambda, beta=cfg.beta)
-    if cfg.method == "ce" and getattr(cfg, "grad_noise", ""):             # issue 10
-        return partial(ce_grad_noise, dist=cfg.grad_noise, sigma=cfg.grad_noise_sigma)
-    return {"ce": ce, "mae": mae, "dmi": dmi}[cfg.method]
+    return REGISTRY[cfg.method].build(cfg, transition)

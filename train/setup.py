@@ -7,8 +7,9 @@ import numpy as np
 import torch
 
 from models.backbones import ModelError, create_backbone, load_classifier_weights
-from models.limit import LimitNet, PredictorHead
+from models.limit import FusedNet, PredictorHead
 from train import checkpoint
+from train.objectives import REGISTRY
 
 
 def _backbone(flag: str, name: str, n_classes: int, in_chans: int, pretrained) -> torch.nn.Module:
@@ -19,24 +20,23 @@ def _backbone(flag: str, name: str, n_classes: int, in_chans: int, pretrained) -
         raise ModelError(f"{'--pretrained' if pretrained and str(pretrained) in str(e) else flag}: {e}") from None
 
 
-def build_model(cfg, n_classes: int, in_chans: int) -> LimitNet:
+def build_model(cfg, n_classes: int, in_chans: int) -> FusedNet:
+    """The classifier and the second network its objective declares (train.objectives.REGISTRY)."""
     pretrained = cfg.pretrained or None
     if pretrained and not Path(pretrained).is_file():
         raise ModelError(f"--pretrained {pretrained}: no such file")
     clf = _backbone("--model", cfg.model, n_classes, in_chans, pretrained)
+    second = REGISTRY[cfg.method].second_net
+    if not second:
+        return FusedNet(clf)
+    if second == "predictor" and cfg.predictor == "head":
+        return FusedNet(clf, PredictorHead(clf.num_features, n_classes), mode="head")
     pred_flag = "--predictor-model" if cfg.predictor_model else "--model"
-    if cfg.method == "softreg":     # issue 10: eq. 8's auxiliary network r(x), and z with its gradient
-        pred = _backbone(pred_flag, cfg.predictor_model or cfg.model, n_classes, in_chans, pretrained)
-        return LimitNet(clf, pred, mode="network", with_features=True)
-    if cfg.method != "limit":
-        return LimitNet(clf)
-    if cfg.predictor == "head":
-        return LimitNet(clf, PredictorHead(clf.num_features, n_classes), mode="head")
     pred = _backbone(pred_flag, cfg.predictor_model or cfg.model, n_classes, in_chans, pretrained)
-    return LimitNet(clf, pred, mode="network")
+    return FusedNet(clf, pred, mode="network", with_features=second == "aux")
 
 
-def init_from(model: LimitNet, cfg) -> str:
+def init_from(model: FusedNet, cfg) -> str:
     """+init: copy a CE run's classifier into the predictor, the classifier or both."""
     if not cfg.init_from:
         return ""
@@ -48,11 +48,11 @@ def init_from(model: LimitNet, cfg) -> str:
         raise type(e)(f"--init-from {cfg.init_from}: {e}") from None
 
 
-def _init_from(model: LimitNet, cfg) -> str:
+def _init_from(model: FusedNet, cfg) -> str:
     src = checkpoint.classifier_file(checkpoint.locate(cfg.init_from))
     targets = {"predictor": ["predictor"], "classifier": ["classifier"],
                "both": ["classifier", "predictor"]}[cfg.init_target]
-    if cfg.method != "limit":
+    if REGISTRY[cfg.method].second_net != "predictor":
         targets = ["classifier"]            # baselines fine-tune the CE model itself
     for name in targets:
         net = getattr(model, name)
@@ -63,7 +63,7 @@ def _init_from(model: LimitNet, cfg) -> str:
 
 
 @torch.no_grad()
-def fw_transition(cfg, model: LimitNet, loader, accelerator, norm) -> torch.Tensor:
+def fw_transition(cfg, model: FusedNet, loader, accelerator, norm) -> torch.Tensor:
     """FW's matrix: --transition FILE, or Patrini et al.'s anchor estimate from the (CE-trained,
     --init-from) classifier's predictions on the train split with eval transforms."""
     from accelerate.utils import gather_object
@@ -83,7 +83,7 @@ def fw_transition(cfg, model: LimitNet, loader, accelerator, norm) -> torch.Tens
     return torch.as_tensor(estimate_transition(probs), dtype=torch.float32)
 
 
-def build_optimizer(cfg, model: LimitNet) -> torch.optim.Optimizer:
+def build_optimizer(cfg, model: FusedNet) -> torch.optim.Optimizer:
     groups = [{"params": [p for p in model.parameters() if p.requires_grad]}]
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
