@@ -63,3 +63,14 @@ def test_a_new_objective_is_one_function_and_one_registry_entry(shards, tmp_path
     row = runfolder.read_jsonl(tmp_path / "r" / "metrics.jsonl")[0]
     assert row["train_smoothing"] == pytest.approx(0.1) and row["samples_seen"] == 240
     assert json.loads((tmp_path / "r" / "config.json").read_text())["method"] == "smoothed"
+
+
+def test_samples_skipped_counts_each_epochs_losses_once(shards, tmp_path):
+    from tests import hostile
+    folder = hostile.copy_set(shards, tmp_path / "shards")
+    hostile.damage_samples(folder, "digits-val-000.tar", {2: "garbage_image"})     # val: read every epoch
+    hostile.damage_samples(folder, "digits-001.tar", {5: "no_cls"})
+    assert cli(argv(folder, tmp_path / "r", "--epochs", "3", "--max-skip-frac", "0.1")) == 0
+    rows = runfolder.read_jsonl(tmp_path / "r" / "metrics.jsonl")
+    assert [r["samples_skipped"] for r in rows] == [2, 2, 2]
+    assert json.loads((tmp_path / "r" / "final.json").read_text())["samples_skipped"] == 2

@@ -34,7 +34,7 @@ class Run:
     step: int = 0                       # optimizer steps taken, all epochs
     best: dict = field(default_factory=lambda: {"score": float("-inf")})
     skipped: list = field(default_factory=list)   # (shard, key, reason, epoch) this session
-    n_skipped: int = 0                  # skipped samples, resumed sessions included
+    n_skipped: int = 0                  # samples skipped in this epoch's passes (train, val, test)
     ema: object = None                  # models.ema.Ema of the classifier (--model-ema)
 
     @property
@@ -174,6 +174,8 @@ def fit(run: Run, start_epoch: int = 0, resume: dict | None = None) -> dict:
     t_start = time.perf_counter()
     row, early = {}, False
     for epoch in range(start_epoch, cfg.epochs):
+        if not (resume and epoch == start_epoch):      # a mid-epoch resume keeps the epoch's count
+            run.n_skipped = 0                          # per epoch: val/test skips are not recounted
         row = {"epoch": epoch, **train_epoch(run, epoch, resume if epoch == start_epoch else None),
                **evaluate(run, "val", epoch), **evaluate(run, "test", epoch)}
         row["samples_skipped"] = int(acc.reduce(torch.tensor(run.n_skipped, device=acc.device), "sum"))
