@@ -116,7 +116,7 @@ def mnist_cnn(pretrained: bool = False, **kwargs) -> MnistCNN:
 
 @register_model
 def mnist_cnn_bn(pretrained: bool = False, **kwargs) -> MnistCNN:
-    """Paper Table 3 MNIST CNN with BatchNorm1d after fc128 (design.md uses it for the predictor)."""
+    """Paper Table 3 MNIST CNN with BatchNorm1d after fc128 (the LIMIT recipe uses it for the predictor)."""
     return build_model_with_cfg(MnistCNN, 'mnist_cnn_bn', pretrained, **dict(kwargs, fc_bn=True))
 
 

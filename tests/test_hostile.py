@@ -1,4 +1,4 @@
-"""Hostile inputs (issue 7): damaged shards are skipped, counted and named, never a crash;
+"""Hostile inputs: damaged shards are skipped, counted and named, never a crash;
 --max-skip-frac stops a run that loses too much; make_shards survives SIGKILL;
 tools/verify_shards.py finds what is wrong; code-running pickles are refused; bad command
 lines give one line and exit code 2. Shards come from tests/hostile.py (damaged copies of

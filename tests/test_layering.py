@@ -1,5 +1,5 @@
 """One-way data flow: pipeline imports neither models nor train; models imports neither
-pipeline nor train; train imports no tool (design.md section 3). Scripts in train/ and tools/
+pipeline nor train; train imports no tool (docs/architecture.md section 3). Scripts in train/ and tools/
 shadow no module."""
 import ast
 import sys

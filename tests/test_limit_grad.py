@@ -1,7 +1,7 @@
 """LIMIT's surrogate loss: gradients against an independent reference formulation, beta, sampling,
 AMP (fp16 + GradScaler, bf16), head mode, gradient accumulation and the detection score.
 
-Convention under test (design.md section 2): the classifier's logits receive exactly mu / B,
+Convention under test (docs/architecture.md section 2): the classifier's logits receive exactly mu / B,
 the scale of mean cross-entropy; the reference code's summed gradient is B times larger."""
 import copy
 import math

@@ -212,7 +212,7 @@ def test_flags_parse_and_dispatch():
     lb = a.clone().requires_grad_()
     ce_grad_noise(Outputs(lb), y, dist="laplace", sigma=2.0)[0].backward()
     torch.testing.assert_close(la.grad, lb.grad)
-    # plain CE is untouched (objectives take the typed Config: no stand-in namespaces, issue 15)
+    # plain CE is untouched (objectives take the typed Config: no stand-in namespaces)
     assert make_objective(config.parse(["--data", "x"])) is ce
     assert "--lambda" in config.build_parser().format_help()
 

@@ -1,4 +1,4 @@
-"""Rank a run's training labels by how suspicious they are (design.md section 2).
+"""Rank a run's training labels by how suspicious they are (docs/architecture.md section 2).
 
     python tools/rank_labels.py --run runs/limit --out runs/limit/labels [--top 500]
 

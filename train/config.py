@@ -46,7 +46,7 @@ class Config:
     sample_dist: str = opt("gaussian", "+S noise distribution", choices=["gaussian", "laplace"])
     sigma: float = opt(0.1, "+S noise standard deviation per logit")
     gce_q: float = opt(0.7, "GCE exponent q")
-    # issue 10: soft regularization (eq. 8) and CE + gradient noise
+    # soft regularization (the paper's eq. 8) and CE + gradient noise
     softreg_lambda: float = opt(0.01, "softreg: weight of ||z||^2 ||onehot(y) - softmax(r(x))||^2 (paper grid 0.001-0.1); --beta weighs ||z||^2 ||softmax(a) - softmax(r)||^2", flag="--lambda", metavar="LAMBDA")
     grad_noise: str = opt("", "CE + GN / LN: independent noise on the gradient w.r.t. the logits (--method ce only)", choices=["", "gaussian", "laplace"])
     grad_noise_sigma: float = opt(0.0, "CE + GN / LN: per-logit noise std, on the per-sample gradient softmax - onehot (the reference's noise_std times the batch size)")
@@ -75,7 +75,7 @@ class Config:
     trust_urls: bool = opt(False, "let shard URLs read from files (a dataset card's shard list) be pipe: or remote URLs; pipe: runs a shell command, so only for files you wrote", action="store_true")
     save_every: int = opt(0, "also checkpoint every N optimizer steps inside an epoch (0: epoch ends only)")
     log_with: str = opt("", "accelerate tracker, e.g. tensorboard (nothing is contacted unless asked)")
-    max_skip_frac: float = opt(0.01, "stop (exit 2) when more than this fraction of a split's samples is lost in an epoch: damaged samples, cut-off or missing shards (issue 7; 1: never)")
+    max_skip_frac: float = opt(0.01, "stop (exit 2) when more than this fraction of a split's samples is lost in an epoch: damaged samples, cut-off or missing shards (1: never)")
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=1, sort_keys=True)
@@ -127,13 +127,13 @@ def validate(cfg: Config) -> Config:
         raise ConfigError(f"--gce-q must lie in (0, 1], got {cfg.gce_q}")
     if not 0 < cfg.model_ema_decay < 1:
         raise ConfigError(f"--model-ema-decay must be in (0, 1), got {cfg.model_ema_decay}")
-    if cfg.softreg_lambda < 0:                                            # issue 10
+    if cfg.softreg_lambda < 0:
         raise ConfigError(f"--lambda must be >= 0, got {cfg.softreg_lambda}")
     if cfg.grad_noise and cfg.method != "ce":
         raise ConfigError(f"--grad-noise is CE + GN / LN: it needs --method ce, got {cfg.method}")
     if cfg.grad_noise and not cfg.grad_noise_sigma > 0:
         raise ConfigError("--grad-noise needs --grad-noise-sigma > 0")
-    if not 0 <= cfg.max_skip_frac <= 1:                                   # issue 7
+    if not 0 <= cfg.max_skip_frac <= 1:
         raise ConfigError(f"--max-skip-frac must lie in [0, 1], got {cfg.max_skip_frac}")
     if cfg.method not in REGISTRY:
         raise ConfigError(f"--method {cfg.method!r}: not one of {', '.join(sorted(REGISTRY))}")

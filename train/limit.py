@@ -86,7 +86,7 @@ def train(cfg, acc, out: Path) -> int:
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = setup.build_optimizer(cfg, model)
-    model, optimizer = acc.prepare(model, optimizer)   # never the streaming loaders (design.md 5)
+    model, optimizer = acc.prepare(model, optimizer)   # never the streaming loaders (docs/architecture.md section 5)
     ema = Ema(acc.unwrap_model(model).classifier, cfg.model_ema_decay) if cfg.model_ema else None
     start, resume = 0, None
     if cfg.resume:

@@ -211,7 +211,7 @@ def fit(run: Run, start_epoch: int = 0, resume: dict | None = None) -> dict:
             "wall_s": time.perf_counter() - t_start}
 
 
-# ---- --max-skip-frac (issue 7) ----
+# ---- --max-skip-frac: a quietly shrinking dataset is an error ----
 class SkipLimitError(DataError):
     """Too many samples of a split lost in one epoch: one line on stderr, exit code 2."""
 
