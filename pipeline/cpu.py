@@ -1,6 +1,7 @@
 """The CPU backend: tar shards -> samples -> decode + augment in DataLoader workers -> uint8
 batches. Each stage is a small generator, testable alone with `list(stage(iter([...])))`."""
 import functools
+import io
 import random
 import tarfile
 from dataclasses import dataclass
@@ -33,23 +34,97 @@ class ReadSpec:
     shuffle_buffer: int = 2000  # samples; mixes samples across the shards a worker reads
 
 
-# ---- hostile-input handling (issue 7): shard-level records and duplicate keys ----
+# ---- hostile-input handling: shard-level records, indices, repeats ----
+@dataclass(frozen=True)
+class CardFacts:
+    """What the dataset card and manifest beside a shard say about every sample in it."""
+    counts: dict[str, int]              # shard name -> samples the card lists
+    num_indices: int | None             # indices run over [0, num_indices)
+    owner: np.ndarray | None = None     # index -> position in `shards` of the shard holding it, -1: none
+    shards: tuple[str, ...] = ()        # shard names, in the manifest's dictionary order
+
+
 @functools.lru_cache(maxsize=64)
-def _card_counts(card_path: str) -> dict[str, int]:
+def card_facts(card_path: str) -> CardFacts:
     try:
-        return shards.shard_counts(shards.read_card(Path(card_path)))
+        card = shards.read_card(Path(card_path))
     except DATA_ERRORS:
-        return {}
+        return CardFacts({}, None)
+    n = card.get("num_indices")
+    n = n if isinstance(n, int) and not isinstance(n, bool) and n >= 0 else None
+    owner, names = _owners(Path(card_path).with_suffix(".parquet"), n)
+    return CardFacts(shards.shard_counts(card), n, owner, names)
+
+
+def _owners(manifest: Path, n: int | None):
+    """index -> shard from the manifest (4 bytes per index): the one copy of a sample to
+    read, whichever worker meets it first. (None, ()) without a usable manifest."""
+    import pyarrow.parquet as pq
+    if n is None or not manifest.is_file():
+        return None, ()
+    try:
+        t = pq.read_table(manifest, columns=["shard", "index"], read_dictionary=["shard"])
+        shard = t.column("shard").combine_chunks()
+        index = t.column("index").to_numpy(zero_copy_only=False).astype(np.int64)
+        codes = shard.indices.to_numpy(zero_copy_only=False).astype(np.int32)
+        names = tuple(shard.dictionary.to_pylist())
+    except (OSError, ValueError, KeyError, AttributeError):   # pyarrow's errors derive from these
+        return None, ()
+    owner = np.full(n, -1, dtype=np.int32)
+    ok = (index >= 0) & (index < n)
+    owner[index[ok]] = codes[ok]
+    return owner, names
 
 
 def expected_count(url: str) -> int | None:
     """Samples the dataset card beside a shard lists for it (shards.card_path_for finds it,
     for `pipe:` URLs too); None when there is no card (shards not from tools/make_shards.py)."""
-    try:
-        card = shards.card_path_for(url)
-    except shards.DataError:
+    facts, _ = facts_for(url)
+    return None if facts is None else facts.counts.get(shards.shard_name(url))
+
+
+class IndexGuard:
+    """Which sample indices one reader stream may yield: inside [0, num_indices) (a -1 would
+    read the noise table from its end), and once. The copy the manifest places is the one
+    read, whichever worker meets a repeat first; without a manifest, the first this stream
+    (one worker's shards in one epoch) meets."""
+
+    def __init__(self):
+        self.seen: dict[str, np.ndarray | set] = {}    # card path -> indices yielded
+
+    def problem(self, url: str, index: int) -> str | None:
+        facts, card = facts_for(url)
+        n = facts.num_indices if facts else None
+        if not 0 <= index < (2**63 if n is None else n):
+            return f"index {index} outside [0, {2**63 if n is None else n})"
+        if facts is not None and facts.owner is not None:
+            code = int(facts.owner[index])
+            home = facts.shards[code] if code >= 0 else None
+            if home != shards.shard_name(url):
+                return (f"duplicate: the manifest puts index {index} in {home}" if home
+                        else f"index {index} is in no shard of the manifest")
+        if card not in self.seen:   # a bitmap when the range is known: 1 byte per index
+            self.seen[card] = np.zeros(n, dtype=bool) if n is not None else set()
+        seen = self.seen[card]
+        if isinstance(seen, set):
+            if index in seen:
+                return f"duplicate index {index}: read before in this pass"
+            seen.add(index)
+        elif seen[index]:
+            return f"duplicate index {index}: read before in this pass"
+        else:
+            seen[index] = True
         return None
-    return _card_counts(str(card)).get(shards.shard_name(url))
+
+
+@functools.lru_cache(maxsize=4096)
+def facts_for(url: str) -> tuple[CardFacts | None, str]:
+    """(facts, card path) for a shard URL, once per process (card_path_for stats a file)."""
+    try:
+        card = str(shards.card_path_for(url))
+    except shards.DataError:
+        return None, ""
+    return card_facts(card), card
 
 
 def read_tars(urls, skips: list):
@@ -110,15 +185,25 @@ def _group(members, url, skips):
 def parse(samples, skips: list, n_classes: int, keep: np.ndarray | None = None):
     """Sample dicts -> (sample, label, index, clean) with label and metadata checked.
     The subset filter (--max-train-samples) runs first, on the index alone: samples outside
-    it cost a header parse, not a label check or a decode."""
+    it cost a header parse, not a label check or a decode. An index outside the card's range
+    or met twice (IndexGuard) is a skip with a record."""
+    guard = IndexGuard()
     for s in samples:
         try:
             index, clean = records.parse_ids(s)
-            if keep is not None and not (index < len(keep) and keep[index]):
+            if keep is not None and 0 <= index < len(keep) and not keep[index]:
+                continue                    # outside the subset: not read, whatever else is wrong
+            bad = guard.problem(s["__url__"], index)
+            if bad is None and keep is not None and index >= len(keep):
+                bad = f"index {index} outside the subset mask of {len(keep)}"
+            if bad:
+                skips.append((s["__url__"], s["__key__"], bad))
                 continue
             label = records.parse_label(s["cls"])
             if not 0 <= label < n_classes:
                 raise ValueError(f"label {label} outside [0, {n_classes})")
+            if not -1 <= clean < n_classes:
+                raise ValueError(f"clean label {clean} outside [-1, {n_classes})")
             records.image_member(s)
         except DATA_ERRORS as e:
             skips.append((s["__url__"], s["__key__"], f"{type(e).__name__}: {e}"))
@@ -153,8 +238,8 @@ def skip_items(items, n: int):
 def decode(items, spec: ReadSpec, skips: list, epoch: int = 0):
     """-> (uint8 (C, H, W) tensor, label, index, clean)."""
     for s, label, index, clean in items:
-        data = records.image_member(s)[1]
         try:
+            data = checked_image(records.image_member(s)[1])
             arr = (augment.train_image(data, spec.aug, sample_rng(spec.seed, epoch, index)) if spec.train
                    else augment.eval_image(data, spec.aug))
         except IMAGE_ERRORS as e:     # (PIL names the buffer's address: not reproducible)
@@ -162,6 +247,23 @@ def decode(items, spec: ReadSpec, skips: list, epoch: int = 0):
             skips.append((s["__url__"], s["__key__"], f"bad image: {type(e).__name__}: {why}"))
             continue
         yield arr, label, index, clean
+
+
+def checked_image(data: bytes) -> bytes:
+    """The image bytes to decode: ValueError above records.MAX_PIXELS (read from the header,
+    nothing decoded); a 16-bit greyscale PNG rescaled to 8 bits (PIL's "L" conversion would
+    clip it almost white). Other images pass untouched, at the cost of a header read."""
+    head = records.image_header(data)
+    size = head[:2] if head else augment.open_image(data).size
+    too_big = records.pixel_problem(*size)
+    if too_big:
+        raise ValueError(too_big)
+    if head is None or head[2] <= 8 or data[:4] != b"\x89PNG":
+        return data
+    img = records.to_8bit(augment.open_image(data))
+    buf = io.BytesIO()
+    img.save(buf, format="PNG", compress_level=0)   # rare: these were not written by make_shards
+    return buf.getvalue()
 
 
 def batched(items, batch_size: int, skips: list):

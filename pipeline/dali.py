@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from pipeline import records
-from pipeline.cpu import ReadSpec, expected_count
+from pipeline.cpu import ReadSpec, expected_count, facts_for
 from pipeline.shards import DataError
 
 try:
@@ -73,6 +73,7 @@ def _scan_index(path: str, mtime: float) -> IndexScan:
         lines = f.read().split("\n")
     step = 4 if lines[0].startswith("v1.2") else 3
     usable, n, end, skips, drops, seen = 0, 0, 0, [], set(), set()
+    tar = _Peek(path)
     try:
         for line in lines[1:]:
             tok = line.split()
@@ -94,15 +95,84 @@ def _scan_index(path: str, mtime: float) -> IndexScan:
                                           ("cls", "cls" in exts), ("ids", "ids" in exts)) if not ok]
             if need:
                 skips.append((path, key, f"KeyError: {need[0]!r}"))
+                continue
+            image = next((int(o), int(z)) for e, o, z in zip(exts, tok[1::step], tok[2::step]) if e in ("jpg", "png"))
+            why = _image_problem(tar.head(*image))
+            if why:                            # dropped after DALI by its offset, like a repeat
+                skips.append((path, key, why))
+                drops.add(image[0])
             else:
                 usable += 1
     except (ValueError, IndexError) as e:
         raise DataError(f"{_idx(path)}: not a DALI index ({type(e).__name__}: {e}); --backend cpu "
                         "needs none") from None
+    finally:
+        tar.close()
     if not usable and any("ids" in s[2] for s in skips):
         raise DataError(f"{path}: no sample has an .ids member (not written by tools/make_shards.py?): "
                         "use --backend cpu, or re-shard")
     return IndexScan(n, usable, tuple(skips), frozenset(drops), end)
+
+
+class _Peek:
+    """The first bytes of members of one tar, for header checks; opened on first use."""
+    SIZE = 1 << 16                      # a JPEG's EXIF block may put its SOF this far in
+
+    def __init__(self, path: str):
+        self.path, self.f = path, None
+
+    def head(self, offset: int, size: int) -> bytes:
+        if self.f is None:
+            self.f = open(self.path, "rb")
+        self.f.seek(offset)
+        return self.f.read(min(size, self.SIZE))
+
+    def close(self):
+        if self.f is not None:
+            self.f.close()
+
+
+def _image_problem(head: bytes) -> str | None:
+    """Why DALI must not decode an image, from its header: above records.MAX_PIXELS (the CPU
+    backend's reason text), or a 16-bit PNG (the CPU backend rescales it; DALI's decoder has
+    not been checked to, and white images would train silently). Formats other than PNG and
+    JPEG are not checked here."""
+    info = records.image_header(head)
+    if info is None:
+        return None
+    too_big = records.pixel_problem(*info[:2])
+    if too_big:
+        return f"bad image: ValueError: {too_big}"
+    if head[:4] == b"\x89PNG" and info[2] > 8:
+        return ("bad image: 16-bit PNG: --backend dali does not read these (--backend cpu does; "
+                "tools/make_shards.py stores them as 8-bit)")
+    return None
+
+
+class SeenIndices:
+    """The sample indices one DALI epoch has given out, and their valid range [0, n) (n from
+    the card; None when there is none: any int64 >= 0, tracked in a set)."""
+
+    def __init__(self, n: int | None):
+        self.n = n
+        self.bits = np.zeros(n, dtype=bool) if n is not None else None
+        self.set: set[int] = set()
+
+    def outside(self, index: np.ndarray) -> np.ndarray:
+        return (index < 0) | (index >= self.n) if self.n is not None else index < 0
+
+    def repeats(self, index: np.ndarray) -> np.ndarray:
+        """Which of `index` (all in range) were given out before, or earlier in this array;
+        marks them all as given out."""
+        again = np.ones(len(index), dtype=bool)
+        again[np.unique(index, return_index=True)[1]] = False
+        if self.bits is not None:
+            again |= self.bits[index]
+            self.bits[index] = True
+        else:
+            again |= np.array([int(i) in self.set for i in index], dtype=bool)
+            self.set.update(index.tolist())
+        return again
 
 
 def _augment(encoded, spec: ReadSpec, device: str):
@@ -178,21 +248,33 @@ def _labels(raw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return labels, parsed
 
 
-def _parse(out: dict, n_classes: int, keep, skips: list, drops: frozenset = frozenset()):
+def _where(out: dict, i: int) -> tuple[str, str]:
+    """(shard, key) of sample i of a DALI batch, from its "tar:offset:member" source info."""
+    url, _, member = out["source"][i].cpu().numpy().tobytes().rstrip(b"\0").decode().rpartition(":")
+    return url.rsplit(":", 1)[0], member.rsplit(".", 1)[0]
+
+
+def _parse(out: dict, n_classes: int, keep, skips: list, drops: frozenset = frozenset(),
+           seen: SeenIndices | None = None):
     """A DALI batch -> (images, labels, clean, index) of the samples the CPU backend keeps:
-    in the subset first (no label check for the others), then with a valid cls label.
-    `drops`: (shard, image offset) of repeated keys, already recorded by _scan_index."""
+    in the subset first (no label check for the others), then with an index in the card's
+    range given out once this epoch (`seen`; the first copy DALI's shuffle meets is kept),
+    then with a valid cls label. `drops`: (shard, image offset) of repeated keys, bombs and
+    16-bit PNGs, already recorded by _scan_index."""
     ids = out["ids"].cpu()
     index, clean = ids[:, 1].contiguous(), ids[:, 2].contiguous()
     ok = np.ones(len(ids), dtype=bool)
-    if drops:           # issue 7: only shards with a repeated key pay for this Python loop
+    if drops:           # only shards with a dropped sample pay for this Python loop
         for i in range(len(ok)):
             src = out["source"][i].cpu().numpy().tobytes().rstrip(b"\0").decode()
             url, off, _ = src.rsplit(":", 2)
             ok[i] = (url, int(off)) not in drops
+    i = index.numpy()
     if keep is not None:
-        i = index.numpy()
-        ok &= (i >= 0) & (i < len(keep)) & keep[i.clip(0, len(keep) - 1)]
+        kept = (i >= 0) & (i < len(keep)) & keep[i.clip(0, len(keep) - 1)]
+        ok &= kept | (seen.outside(i) if seen is not None else False)   # outside: recorded below
+    if seen is not None:
+        _check_indices(out, i, ok, seen, skips)
     raw = out["cls"].cpu().numpy()
     labels, parsed = _labels(raw)
     for i in np.flatnonzero(ok & ~(parsed & (labels >= 0) & (labels < n_classes))).tolist():
@@ -201,8 +283,7 @@ def _parse(out: dict, n_classes: int, keep, skips: list, drops: frozenset = froz
             if not 0 <= labels[i] < n_classes:
                 raise ValueError(f"label {labels[i]} outside [0, {n_classes})")
         except (ValueError, UnicodeDecodeError) as e:
-            url, _, member = out["source"][i].cpu().numpy().tobytes().rstrip(b"\0").decode().rpartition(":")
-            skips.append((url.rsplit(":", 1)[0], member.rsplit(".", 1)[0], f"{type(e).__name__}: {e}"))
+            skips.append((*_where(out, i), f"{type(e).__name__}: {e}"))
             ok[i] = False
     labels, images = torch.from_numpy(labels), out["images"]
     if not ok.all():
@@ -210,6 +291,20 @@ def _parse(out: dict, n_classes: int, keep, skips: list, drops: frozenset = froz
         images = images[mask.to(images.device)]
         labels, clean, index = labels[mask], clean[mask], index[mask]
     return images, labels, clean, index
+
+
+def _check_indices(out: dict, index: np.ndarray, ok: np.ndarray, seen: SeenIndices, skips: list) -> None:
+    """Clear `ok` with a record for an index outside the card's range or given out before:
+    the CPU backend's reasons (its manifest check is not made: which copy DALI's shuffle
+    meets first is the one kept)."""
+    bad = ok & seen.outside(index)
+    for j in np.flatnonzero(bad).tolist():
+        skips.append((*_where(out, j), f"index {index[j]} outside [0, {seen.n if seen.n is not None else 2**63})"))
+    ok &= ~bad
+    cand = np.flatnonzero(ok)
+    for j in cand[seen.repeats(index[cand])].tolist():
+        skips.append((*_where(out, j), f"duplicate index {index[j]}: read before in this pass"))
+        ok[j] = False
 
 
 def _rebatch(parts, batch_size: int, skips: list):
@@ -278,6 +373,8 @@ class DaliStream:
                 if not scan.usable:   # DALI rejects an empty shard's index ("sample count must be positive")
                     continue
             self.mine.append(path)
+        facts = [facts_for(u)[0] for u in urls[:1]]
+        self.num_indices = facts[0].num_indices if facts and facts[0] else None
         self.seed = zlib.crc32(f"{spec.seed}-{rank}".encode()) & 0x7FFFFFFF
         self.threads = max(1, workers)
 
@@ -292,7 +389,8 @@ class DaliStream:
                 self.it = _build(self.mine, self.spec, self.seed, self.threads)
             else:
                 self.it.reset()
-            parts = (_parse(out[0], self.n_classes, self.keep, skips, self.drops) for out in self.it)
+            seen = SeenIndices(self.num_indices)
+            parts = (_parse(out[0], self.n_classes, self.keep, skips, self.drops, seen) for out in self.it)
             yield from _rebatch(parts, self.spec.batch_size, skips)
         except RuntimeError as e:
             self.it = None

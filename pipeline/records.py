@@ -112,9 +112,24 @@ def parse_label(raw: bytes) -> int:
 
 
 def parse_meta(raw: bytes) -> tuple[int, int]:
-    """(index, clean_label) from a `json` member."""
-    meta = json.loads(raw)
-    return int(meta["index"]), int(meta.get("clean_label", -1))
+    """(index, clean_label) from a `json` member; ValueError when it is not an object with
+    integer values there (null, "3", 3.5 and true are refused: int() would crash or guess)."""
+    try:
+        meta = json.loads(raw)
+    except RecursionError:                  # "[[[[..." nested thousands deep
+        raise ValueError("json member nested too deep") from None
+    if not isinstance(meta, dict):
+        raise ValueError(f"json member is a {type(meta).__name__}, not an object")
+    if "index" not in meta:
+        raise KeyError("index")
+    return _json_int(meta, "index"), _json_int(meta, "clean_label", -1)
+
+
+def _json_int(meta: dict, name: str, default: int | None = None) -> int:
+    v = meta.get(name, default)
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise ValueError(f"json {name} is {str(v)[:20]!r}, not an integer")
+    return v
 
 
 def parse_ids(sample: dict) -> tuple[int, int]:

@@ -3,6 +3,11 @@ TarInfo with every field); a shard of small images has four members per sample, 
 alone capped MNIST reading at ~5k samples/s per core. This reads only what a shard reader
 needs (name, size, type) from the 512-byte headers: ustar, GNU long names and pax paths."""
 BLOCK = 512
+# A member (or long-name record) larger than this ends the shard with a ValueError: a header
+# declaring 1 TiB made read() ask for it at once (MemoryError). An 8192 x 8192 image, the
+# readers' pixel limit, stays below it as PNG.
+MAX_MEMBER = 256 * 2**20
+CHUNK = 2**20               # reads beyond this go in pieces, never one allocation of `size`
 
 
 def _octal(field: bytes) -> int:
@@ -13,10 +18,21 @@ def _octal(field: bytes) -> int:
 
 
 def _read(stream, n: int) -> bytes:
-    data = stream.read(n)
+    data = stream.read(n) if n <= CHUNK else _read_chunked(stream, n)
     if len(data) != n:
         raise EOFError(f"tar cut off: wanted {n} bytes, got {len(data)}")
     return data
+
+
+def _read_chunked(stream, n: int) -> bytes:
+    parts, got = [], 0
+    while got < n:
+        part = stream.read(min(CHUNK, n - got))
+        if not part:
+            break
+        parts.append(part)
+        got += len(part)
+    return b"".join(parts)
 
 
 def _pax_path(data: bytes) -> str | None:
@@ -41,6 +57,9 @@ def iter_tar(stream):
         if _octal(header[148:156]) != sum(header[:148]) + 256 + sum(header[156:]):
             raise ValueError("bad tar header checksum")
         size, kind = _octal(header[124:136]), header[156:157]
+        if size > MAX_MEMBER:
+            name = header[:100].rstrip(b"\0").decode("utf-8", "replace")
+            raise ValueError(f"tar member {name!r} declares {size} bytes, above the {MAX_MEMBER >> 20} MiB limit")
         padded = (size + BLOCK - 1) // BLOCK * BLOCK
         body = _read(stream, padded)[:size]
         if kind in (b"L", b"x"):                  # the next member's long name

@@ -182,3 +182,70 @@ def remove(folder: Path, shard: str) -> Damage:
     """The shard vanished after the card listed it."""
     (Path(folder) / shard).unlink()
     return Damage(shard, "", "missing", "after 0 samples")
+
+
+# ---------------------------------------------------------------- metadata, sizes, repeats
+# Separate from KINDS: test_hostile runs every KIND through both backends with one reason.
+def set_meta(folder: Path, shard: str, i: int, index=None, drop_ids: bool = False,
+             json_index="keep") -> str:
+    """Rewrite sample i's index: in `ids` (when `index` is given) and in `json` (when
+    `json_index` is not "keep"; None writes null). `drop_ids` leaves only the json member,
+    as shards written by other tools have. -> the sample's key."""
+    import json
+    import numpy as np
+    path = Path(folder) / shard
+    samples = read_shard(path)
+    s, k = samples[i], key_of(samples[i])
+    if index is not None:
+        ids = np.frombuffer(s[f"{k}.ids"], dtype="<i8").copy()
+        ids[1] = index
+        s[f"{k}.ids"] = ids.tobytes()
+    if json_index != "keep":
+        meta = json.loads(s[f"{k}.json"])
+        meta["index"] = json_index
+        s[f"{k}.json"] = json.dumps(meta).encode()
+    if drop_ids:
+        del s[f"{k}.ids"]
+    write_tar(path, samples)
+    return k
+
+
+def replace_image(folder: Path, shard: str, i: int, data: bytes) -> str:
+    """Sample i's image bytes replaced (the member keeps its name). -> the sample's key."""
+    path = Path(folder) / shard
+    samples = read_shard(path)
+    samples[i][_image_name(samples[i])] = data
+    write_tar(path, samples)
+    return key_of(samples[i])
+
+
+def repeat_in(folder: Path, src: str, i: int, dst: str) -> str:
+    """A copy of sample i of shard `src` appended to shard `dst` (same key, same index).
+    -> the key."""
+    sample = read_shard(Path(folder) / src)[i]
+    path = Path(folder) / dst
+    write_tar(path, read_shard(path) + [dict(sample)])
+    return key_of(sample)
+
+
+def declare_huge(folder: Path, shard: str, i: int, size: int = 2**40) -> str:
+    """Sample i's image header claims `size` bytes (GNU base-256, as tar writes sizes of
+    8 GiB and more), checksum fixed: what a reader sees is a valid header of a huge member.
+    The DALI index is left as written. -> the key."""
+    path = Path(folder) / shard
+    raw = bytearray(path.read_bytes())
+    pos, n, last = 0, -1, None
+    while raw[pos:pos + 512].strip(b"\0"):
+        name = raw[pos:pos + 100].rstrip(b"\0").decode()
+        key = name.split(".", 1)[0]
+        if key != last:
+            n, last = n + 1, key
+        length = int(bytes(raw[pos + 124:pos + 136]).rstrip(b"\0 ").strip() or b"0", 8)
+        if n == i and name.rsplit(".", 1)[-1] in IMAGE_EXTS:
+            raw[pos + 124:pos + 136] = b"\x80" + size.to_bytes(11, "big")
+            raw[pos + 148:pos + 156] = b" " * 8
+            raw[pos + 148:pos + 156] = b"%06o\0 " % sum(raw[pos:pos + 512])
+            path.write_bytes(bytes(raw))
+            return key
+        pos += 512 + (length + 511) // 512 * 512
+    raise AssertionError(f"{shard} has no sample {i}")
