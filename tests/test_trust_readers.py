@@ -218,3 +218,12 @@ def test_training_over_all_of_them_names_every_skip(folder, tmp_path, capsys):
     assert sorted(r["key"] for r in recs) == sorted(keys + [""])
     final = json.loads((out / "final.json").read_text())
     assert final["samples_skipped"] == 4
+
+
+def test_verify_shards_names_bombs_without_decoding_them_and_16_bit_pngs(folder, capsys):
+    bomb_key = hostile.replace_image(folder, "digits-001.tar", 3, bomb_png())
+    wide_key = hostile.replace_image(folder, "digits-001.tar", 7, png16()[0])
+    t0 = time.perf_counter()
+    verify_lists(folder, f"digits-001.tar: {bomb_key}: image 9000x9000 = 81000000 pixels, above the limit",
+                 f"digits-001.tar: {wide_key}: 16-bit PNG", capsys=capsys)
+    assert time.perf_counter() - t0 < 3

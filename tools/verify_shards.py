@@ -4,7 +4,9 @@
 
 Reads every tar listed in DIR/NAME.json with the trainer's own tar reader and checks: each
 shard exists, reads to its end and holds the card's sample count; each split's count; every
-sample has one image that decodes in full, an integer label in [0, classes), and index /
+sample has one 8-bit image of at most records.MAX_PIXELS pixels that decodes in full (larger
+ones are named without decoding them; tar members above 256 MiB end the shard's reading with a
+problem), an integer label in [0, classes), and index /
 clean-label metadata agreeing with its label; every key appears exactly once in the set and
 every index is unique and below the card's num_indices; the manifest (NAME.parquet) has the
 same keys, with the same split, shard, index, label and clean label, so the same counts per
@@ -88,11 +90,7 @@ def _check_sample(key: str, members: list, n_classes: int, samples: list) -> lis
     if not images:
         problems.append("no jpg or png member")
     else:
-        try:
-            img = Image.open(io.BytesIO(m[images[0]]))
-            img.load()                                          # decodes every pixel
-        except BAD_DATA as e:
-            problems.append(f"image does not decode ({type(e).__name__}: {_short(e)})")
+        problems += _check_image(m[images[0]])
     label = None
     if "cls" not in m:
         problems.append("no cls member")
@@ -120,6 +118,22 @@ def _check_sample(key: str, members: list, n_classes: int, samples: list) -> lis
             problems.append("unreadable json member")
     samples.append((key, label, index, clean))
     return problems
+
+
+def _check_image(data: bytes) -> list[str]:
+    """Decode every pixel, unless the header shows more than the readers' pixel limit (they
+    skip it without decoding; so does this). A 16-bit PNG decodes, but DALI skips it."""
+    head = records.image_header(data)
+    too_big = records.pixel_problem(*head[:2]) if head else None
+    if too_big:
+        return [f"image {too_big}: the readers skip it"]
+    try:
+        Image.open(io.BytesIO(data)).load()
+    except BAD_DATA as e:
+        return [f"image does not decode ({type(e).__name__}: {_short(e)})"]
+    if head and data[:4] == b"\x89PNG" and head[2] > 8:
+        return [f"{head[2]}-bit PNG: --backend dali skips it (tools/make_shards.py stores 8-bit)"]
+    return []
 
 
 def _short(e) -> str:
