@@ -1,0 +1,361 @@
+"""A static review page for a run's most suspicious training labels (issue 18).
+
+    python tools/review_labels.py --labels RUN/labels --out RUN/review [--top 1000]
+        [--label-studio RUN/review/label_studio_tasks.json]
+
+RUN/labels is tools/rank_labels.py's output (label_scores.parquet, summary.json). Writes:
+  OUT/index.html           the page: opens from file:// with no server and no network (script
+                           and style inline); decisions persist in the browser's localStorage
+                           (keyed by the run) and export as CSV key,index,given,decision,new_label,
+                           which pipeline/fixes.py reads (train/limit.py --label-fixes)
+  OUT/thumbs/INDEX.png|jpg one thumbnail per suspect, cut from the shards here (the browser never
+                           opens a shard)
+  OUT/noise_matrix.png     the estimated noise transition matrix (and the true one when the
+  OUT/noise.json           clean labels are known), with the per-class noise rate
+  --label-studio FILE      Label Studio import tasks (image + the predicted label as a `choices`
+                           pre-annotation) and FILE's sibling label_studio_config.xml
+
+The class names come from the dataset card: the run's config.json (RUN = the parent of
+--labels, or --run) names its shards, pipeline.loader.resolve finds the card; --card overrides.
+A missing file prints one line and exits with code 2."""
+import hashlib
+import io
+import json
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import numpy as np  # noqa: E402
+import pyarrow.parquet as pq  # noqa: E402
+
+from pipeline import loader as data  # noqa: E402
+from pipeline import shards  # noqa: E402
+from pipeline.records import split_member  # noqa: E402
+from pipeline.shards import DataError, TRUST_FLAG  # noqa: E402
+from pipeline.tario import iter_tar  # noqa: E402
+from train import config  # noqa: E402
+from train.report import _pyplot  # noqa: E402
+
+ASSETS = Path(__file__).with_name("review_assets")
+SCORE_COLUMNS = ["key", "index", "shard", "label", "clean_label", "score", "rank", "classifier_pred",
+                 "predictor_pred"]
+MIN_ROWS = 5          # a class's matrix row from fewer proxy samples is reported, not trusted
+LS_CHOICE = "label"   # the Label Studio Choices tag (from_name) and its Image tag (to_name)
+LS_IMAGE = "image"
+
+
+# ---- inputs ----
+
+def find_card(args) -> Path:
+    """The dataset card: --card, else the one the run's config.json leads to (rank_labels'
+    own checks on that file apply: it may come from a stranger)."""
+    if args.card:
+        return Path(args.card)
+    run = Path(args.run) if args.run else Path(args.labels).resolve().parent
+    if not (run / "config.json").is_file():
+        raise DataError(f"no config.json in {run} to find the dataset card: give --run or --card")
+    from tools.rank_labels import saved_config   # its type and URL checks, not a copy of them
+    cfg = saved_config(run / "config.json", args.trust_urls)
+    return data.resolve(cfg.data, cfg.val_data, cfg.test_data, args.trust_urls).card_path
+
+
+def read_scores(labels: Path) -> tuple[dict, dict]:
+    """(label_scores.parquet as numpy columns, summary.json)."""
+    path = labels / "label_scores.parquet"
+    if not path.is_file():
+        raise DataError(f"{path} not found (run tools/rank_labels.py --out {labels} first)")
+    try:
+        table = pq.read_table(path, columns=SCORE_COLUMNS)
+        summary = json.loads((labels / "summary.json").read_text()) if (labels / "summary.json").is_file() else {}
+    except (OSError, ValueError, KeyError) as e:
+        raise DataError(f"{labels}: cannot read rank_labels' output ({e})") from None
+    cols = {c: table.column(c) for c in SCORE_COLUMNS}
+    cols = {c: (v.to_pylist() if c in ("key", "shard") else
+                v.fill_null(-1).to_numpy() if c == "predictor_pred" else v.to_numpy()) for c, v in cols.items()}
+    return cols, summary
+
+
+def top_rows(cols: dict, k: int) -> np.ndarray:
+    """Row positions of the k best-ranked samples, rank order."""
+    rank = cols["rank"]
+    pick = np.flatnonzero(rank <= k)
+    return pick[np.argsort(rank[pick], kind="stable")]
+
+
+def read_sources(manifest: Path, indices: np.ndarray) -> dict[int, str]:
+    """{index: source path} from the manifest, batch by batch (it may hold millions of rows)."""
+    if not manifest.is_file() or "source" not in pq.read_schema(manifest).names:
+        return {}
+    wanted, out = set(int(i) for i in indices), {}
+    f = pq.ParquetFile(manifest)
+    for batch in f.iter_batches(batch_size=65536, columns=["index", "source"]):
+        idx = batch.column("index").to_numpy()
+        hit = np.flatnonzero(np.isin(idx, indices))
+        src = batch.column("source")
+        for i in hit:
+            if int(idx[i]) in wanted:
+                out[int(idx[i])] = src[int(i)].as_py() or ""
+    return out
+
+
+# ---- thumbnails ----
+
+def write_thumbs(shard_dir: Path, wanted: dict, out: Path, size: int) -> dict[int, str]:
+    """{index: thumbnail path relative to the page} for wanted {shard: {key: index}}, reading
+    each shard once with pipeline.tario (the readers' own tar walker)."""
+    out.mkdir(parents=True, exist_ok=True)
+    done = {}
+    for shard, keys in sorted(wanted.items()):
+        if not isinstance(shard, str) or Path(shard).name != shard:
+            continue                   # a manifest names shards beside its card, never a path
+        left = dict(keys)
+        try:
+            with open(shard_dir / shard, "rb") as f:
+                for name, body in iter_tar(f):
+                    key, ext = split_member(name)
+                    if key in left and ext in ("jpg", "png"):
+                        index = left.pop(key)
+                        done[index] = _thumb(body, out, index, size)
+                        if not left:
+                            break
+        except (OSError, ValueError, EOFError):
+            continue                   # a moved or damaged shard leaves its tiles blank
+    return done
+
+
+def _thumb(body: bytes, out: Path, index: int, size: int) -> str:
+    """One thumbnail file: PNG for grey images (small, exact), JPEG for colour."""
+    from PIL import Image
+    try:
+        img = Image.open(io.BytesIO(body))
+        img.draft("RGB", (size, size))            # JPEG: decode at reduced scale
+        img = img.convert("L" if img.mode in ("1", "L", "LA", "I;16", "I") else "RGB")
+    except (OSError, ValueError, Image.DecompressionBombError):
+        return ""
+    img.thumbnail((size, size), Image.Resampling.BICUBIC)
+    if img.width < size and img.height < size:    # small images (MNIST): scale up, keep pixels sharp
+        f = size // max(img.width, img.height)
+        img = img.resize((img.width * f, img.height * f), Image.Resampling.NEAREST) if f > 1 else img
+    name = f"{index}.png" if img.mode == "L" else f"{index}.jpg"
+    img.save(out / name, **({"format": "PNG"} if img.mode == "L" else {"format": "JPEG", "quality": 85}))
+    return f"{out.name}/{name}"
+
+
+# ---- where the noise is ----
+
+def confusion(rows: np.ndarray, cols: np.ndarray, n: int) -> np.ndarray:
+    """counts[i, j] = #(rows == i and cols == j), ignoring entries outside 0..n-1."""
+    ok = (rows >= 0) & (rows < n) & (cols >= 0) & (cols < n)
+    return np.bincount(rows[ok] * n + cols[ok], minlength=n * n).reshape(n, n).astype(np.int64)
+
+
+def transition_estimate(given: np.ndarray, proxy: np.ndarray, n: int, min_rows: int = MIN_ROWS) -> dict:
+    """T[i, j] ~ P(given label = j | clean label = i), with the predictor's label standing in
+    for the clean one: counts of (proxy i, given j), each row divided by its total.
+    Calibration: none beyond that row normalization. The predictor's own mistakes spread mass
+    over a row, and what it memorized of the given labels pulls mass onto the diagonal; rows
+    with fewer than min_rows samples are NaN (not estimated) rather than guessed. Pure: arrays
+    in, arrays out."""
+    counts = confusion(np.asarray(proxy, np.int64), np.asarray(given, np.int64), n)
+    totals = counts.sum(1, keepdims=True)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        t = np.where(totals >= max(min_rows, 1), counts / np.maximum(totals, 1), np.nan)
+    rate = 1.0 - np.diag(t)
+    off = np.where(np.eye(n, dtype=bool), -np.inf, np.nan_to_num(t, nan=-np.inf))
+    pairs = sorted(((float(off[i, j]), i, j) for i in range(n) for j in range(n) if off[i, j] > 0), reverse=True)
+    return {"matrix": t, "counts": counts, "noise_rate": rate,
+            "pairs": [(i, j, v) for v, i, j in pairs]}
+
+
+def mean_abs_error(a: np.ndarray, b: np.ndarray) -> float | None:
+    """Mean |a - b| over the entries both define."""
+    ok = ~(np.isnan(a) | np.isnan(b))
+    return float(np.abs(a - b)[ok].mean()) if ok.any() else None
+
+
+def noise_report(cols: dict, n: int, split: str) -> dict:
+    """The estimate over all rows of label_scores.parquet (rank_labels scores one split, the
+    train split by default), the true matrix where clean labels are known, and per class the
+    estimated number of wrong given labels."""
+    given, pp, cp = cols["label"], cols["predictor_pred"], cols["classifier_pred"]
+    proxy = np.where(pp >= 0, pp, cp)               # CE runs: the classifier is the only head
+    est = transition_estimate(given, proxy, n)
+    known = cols["clean_label"] >= 0
+    out = {"split": split, "proxy": "predictor" if (pp >= 0).any() else "classifier",
+           "calibration": "row-normalized counts of (predictor's label, given label); no further calibration",
+           "estimated": _rounded(est["matrix"]), "noise_rate": _rounded(est["noise_rate"]),
+           "wrong_by_given": (est["counts"].sum(0) - np.diag(est["counts"])).tolist(),
+           "pairs": [[i, j, round(v, 4)] for i, j, v in est["pairs"][:20]],
+           "true": None, "true_noise_rate": None, "mae": None, "n_known": int(known.sum())}
+    if known.any():
+        true = transition_estimate(given[known], cols["clean_label"][known], n, 1)
+        out.update(true=_rounded(true["matrix"]), true_noise_rate=_rounded(true["noise_rate"]),
+                   mae=mean_abs_error(est["matrix"], true["matrix"]))
+    return out
+
+
+def _rounded(a: np.ndarray) -> list:
+    return [None if np.isnan(v) else round(float(v), 4) for v in a] if a.ndim == 1 else [_rounded(r) for r in a]
+
+
+def plot_noise(path: Path, report: dict, classes: list[str]) -> None:
+    plt = _pyplot()
+    mats = [("estimated (predictor vs given)", report["estimated"], report["noise_rate"])]
+    if report["true"] is not None:
+        mats.append((f"true (clean vs given); MAE {report['mae']:.4f}", report["true"], report["true_noise_rate"]))
+    n = len(classes)
+    fig, axes = plt.subplots(1, len(mats), figsize=(min(0.5 * n, 9) * len(mats) + 2, min(0.5 * n, 9) + 1.5),
+                             squeeze=False)
+    for ax, (title, m, rate) in zip(axes[0], mats):
+        a = np.array([[np.nan if v is None else v for v in row] for row in m])
+        ax.imshow(a, vmin=0, vmax=1, cmap="viridis")
+        names = [f"{c} ({'-' if r is None else f'{r:.2f}'})" for c, r in zip(classes, rate)] if n <= 30 else []
+        ax.set(title=title, xlabel="given label", ylabel="clean label (noise rate)")
+        if names:
+            ax.set_xticks(range(n), classes, rotation=90, fontsize=7)
+            ax.set_yticks(range(n), names, fontsize=7)
+        if n <= 12:
+            for i in range(n):
+                for j in range(n):
+                    if not np.isnan(a[i, j]):
+                        ax.text(j, i, f"{a[i, j]:.2f}", ha="center", va="center", fontsize=6,
+                                color="black" if a[i, j] > 0.5 else "white")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+# ---- the page ----
+
+def page_rows(cols: dict, pick: np.ndarray, sources: dict, thumbs: dict) -> dict:
+    """The suspects as columns (compact JSON: one array per field)."""
+    idx = cols["index"][pick]
+    return {"index": idx.tolist(), "key": [cols["key"][i] for i in pick],
+            "shard": [cols["shard"][i] for i in pick], "source": [sources.get(int(i), "") for i in idx],
+            "given": cols["label"][pick].tolist(), "pp": cols["predictor_pred"][pick].tolist(),
+            "cp": cols["classifier_pred"][pick].tolist(),
+            "score": [round(float(s), 5) for s in cols["score"][pick]], "rank": cols["rank"][pick].tolist(),
+            "thumb": [thumbs.get(int(i), "") for i in idx]}
+
+
+def run_id(labels: Path) -> str:
+    """localStorage key of the decisions: the run folder and the scores' digest, so two runs
+    (or a re-ranking) never share decisions."""
+    digest = hashlib.sha256((labels / "label_scores.parquet").read_bytes()).hexdigest()[:16]
+    return f"{labels.resolve().parent.name}/{labels.name}@{digest}"
+
+
+def embed_json(obj) -> str:
+    """JSON safe inside <script>: '<' escaped, so no value (a key, a source path) can close
+    the element or open a comment."""
+    return json.dumps(obj, separators=(",", ":"), allow_nan=False).replace("<", "\\u003c") \
+        .replace("\u2028", "\\u2028").replace("\u2029", "\\u2029")
+
+
+def write_page(out: Path, payload: dict) -> Path:
+    """index.html with the assets inlined (a page from file:// may not fetch JSON)."""
+    html = (ASSETS / "review.html").read_text()
+    html = html.replace("/*STYLE*/", (ASSETS / "review.css").read_text())
+    html = html.replace("/*SCRIPT*/", (ASSETS / "review.js").read_text())
+    html = html.replace("/*DATA*/", embed_json(payload))
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "index.html").write_text(html, encoding="utf-8")
+    return out / "index.html"
+
+
+# ---- Label Studio ----
+
+def label_studio_tasks(rows: dict, classes: list[str], prefix: str, model: str) -> list[dict]:
+    """Import tasks (Label Studio's basic JSON task format): data.image is the thumbnail's URL,
+    data carries key/index/given so an export names its samples, and `predictions` holds the
+    suggested label as a `choices` result (shown as a pre-annotation)."""
+    tasks = []
+    for n in range(len(rows["index"])):
+        pred = rows["pp"][n] if rows["pp"][n] >= 0 else rows["cp"][n]
+        task = {"data": {LS_IMAGE: prefix + rows["thumb"][n], "key": rows["key"][n], "index": rows["index"][n],
+                         "given": classes[rows["given"][n]], "rank": rows["rank"][n], "score": rows["score"][n],
+                         "source": rows["source"][n]}}
+        if 0 <= pred < len(classes):
+            task["predictions"] = [{"model_version": model, "score": rows["score"][n], "result": [
+                {"from_name": LS_CHOICE, "to_name": LS_IMAGE, "type": "choices",
+                 "value": {"choices": [classes[pred]]}}]}]
+        tasks.append(task)
+    return tasks
+
+
+def label_studio_config(classes: list[str]) -> str:
+    """The labeling config the tasks expect: one Choices over the classes, plus "drop"."""
+    from xml.sax.saxutils import quoteattr
+    choices = "".join(f"    <Choice value={quoteattr(c)}/>\n" for c in [*classes, "drop"])
+    return (f'<View>\n  <Image name="{LS_IMAGE}" value="${LS_IMAGE}"/>\n  <Text name="given" value="given: $given"/>\n'
+            f'  <Choices name="{LS_CHOICE}" toName="{LS_IMAGE}" choice="single" showInline="true">\n{choices}'
+            f'  </Choices>\n</View>\n')
+
+
+def write_label_studio(path: Path, rows: dict, classes: list[str], prefix: str, model: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(label_studio_tasks(rows, classes, prefix, model), indent=1) + "\n")
+    (path.parent / "label_studio_config.xml").write_text(label_studio_config(classes))
+
+
+# ---- command line ----
+
+def parse_args(argv):
+    p = config.OneLineParser(description="Write a static review page for a run's most suspicious labels.")
+    p.add_argument("--labels", required=True, help="rank_labels' output folder (label_scores.parquet)")
+    p.add_argument("--out", required=True, help="output folder for index.html and thumbs/")
+    p.add_argument("--top", type=int, default=1000, help="how many of the most suspicious samples (default 1000)")
+    p.add_argument("--run", help="the training run (default: the parent of --labels), to find the dataset card")
+    p.add_argument("--card", help="the dataset card JSON (default: found from the run's config.json)")
+    p.add_argument("--thumb-size", type=int, default=96, help="thumbnail size in pixels (default 96)")
+    p.add_argument("--label-studio", help="also write Label Studio import tasks to this JSON file")
+    p.add_argument("--label-studio-prefix", default="/data/local-files/?d=",
+                   help="prefix of data.image before the thumbnail's path relative to --out "
+                        "(default: Label Studio's local-files URL; set LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT to --out)")
+    p.add_argument(TRUST_FLAG, dest="trust_urls", action="store_true",
+                   help="let the run's config.json and the card name pipe: or remote shard URLs")
+    args = p.parse_args(argv)
+    if args.top < 1 or args.thumb_size < 8:
+        p.error("--top must be >= 1 and --thumb-size >= 8")
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    labels, out = Path(args.labels), Path(args.out)
+    cols, summary = read_scores(labels)
+    card_path = find_card(args)
+    card = shards.read_card(card_path)
+    classes = card["classes"]
+    pick = top_rows(cols, args.top)
+    wanted = {}
+    for i in pick:
+        wanted.setdefault(cols["shard"][i], {})[cols["key"][i]] = int(cols["index"][i])
+    thumbs = write_thumbs(card_path.parent, wanted, out / "thumbs", args.thumb_size)
+    sources = read_sources(card_path.with_suffix(".parquet"), cols["index"][pick])
+    rows = page_rows(cols, pick, sources, thumbs)
+    noise = noise_report(cols, len(classes), summary.get("split", "train"))
+    (out / "noise.json").write_text(json.dumps(noise, indent=1) + "\n")
+    plot_noise(out / "noise_matrix.png", noise, classes)
+    payload = {"run_id": run_id(labels), "run": str(labels.resolve().parent), "classes": classes,
+               "summary": summary, "noise": noise, "rows": rows, "n_scored": int(len(cols["index"]))}
+    page = write_page(out, payload)
+    if args.label_studio:
+        write_label_studio(Path(args.label_studio), rows, classes, args.label_studio_prefix,
+                           summary.get("method", "rank_labels"))
+    print(f"review_labels: {len(pick)} suspects, {len(thumbs)} thumbnails; open {page.resolve().as_uri()}")
+    return 0
+
+
+def cli(argv=None) -> int:
+    try:
+        return main(argv)
+    except (DataError, config.ConfigError) as e:
+        print(f"review_labels: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(cli())
