@@ -63,7 +63,7 @@ def _owners(manifest: Path, n: int | None):
     if n is None or not manifest.is_file():
         return None, ()
     try:
-        t = pq.read_table(manifest, columns=["shard", "index"], read_dictionary=["shard"])
+        t = pq.read_table(manifest, columns=["shard", "index"], read_dictionary=["shard"]).unify_dictionaries()
         shard = t.column("shard").combine_chunks()
         index = t.column("index").to_numpy(zero_copy_only=False).astype(np.int64)
         codes = shard.indices.to_numpy(zero_copy_only=False).astype(np.int32)
