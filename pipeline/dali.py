@@ -1,6 +1,7 @@
 """The DALI backend: the same shards, AugSpec and batch tuples as pipeline/cpu.py, with the
 decode and augmentation in NVIDIA DALI ("mixed" = nvJPEG on the GPU when one is present,
-"cpu" otherwise). One pipeline per epoch, seeded by (seed, epoch, rank) like the CPU workers.
+"cpu" otherwise). One pipeline per rank for the whole run (DaliStream), built over the rank's
+shards of the loader's shard_order and reset at each epoch; seeded by (seed, rank).
 
 What DALI cannot do is drop a sample inside the graph, so the label check and the subset mask
 (`keep`) run in torch after each DALI batch, and a small re-batcher restores the CPU backend's
@@ -83,7 +84,7 @@ def _scan_index(path: str, mtime: float) -> IndexScan:
             exts = tok[0::step]
             end = max(end, *(int(o) + int(z) for o, z in zip(tok[1::step], tok[2::step])))
             key = tok[3].rsplit(".", 1)[0] if step == 4 else ""
-            if key and key in seen:            # ---- issue 7: duplicate keys, as the CPU backend
+            if key and key in seen:            # ---- duplicate keys, as the CPU backend
                 skips.append((path, key, "duplicate key"))
                 drops.update(int(o) for e, o in zip(exts, tok[1::step]) if e in ("jpg", "png"))
                 continue
@@ -352,7 +353,7 @@ class DaliStream:
         self.skips, self.mine, self.drops = [], [], set()
         for url in urls:
             path = _local(url)
-            # ---- issue 7: vanished, cut-off and emptied shards are skipped with one record ----
+            # ---- vanished, cut-off and emptied shards are skipped with one record ----
             expected = expected_count(path)
             of = f" of {expected}" if expected is not None else ""
             if not os.path.isfile(path):

@@ -189,10 +189,18 @@ class Loader:
     def keep_at(self, epoch: int) -> np.ndarray | None:
         return self.keep(epoch) if callable(self.keep) else self.keep
 
+    def shard_order(self, epoch: int) -> list[str]:
+        """The order the shards are split over ranks in. The CPU backend re-splits every epoch;
+        a DALI pipeline is built once over its rank's shards (a build costs about a second) and
+        shuffles inside them, so for DALI the split of epoch 0 holds for every epoch, and
+        steps() must count that split, not one it does not read."""
+        return shards.epoch_order(self.urls, self.spec.seed, 0 if self.backend == "dali" else epoch,
+                                  shuffle=self.spec.train)
+
     def steps(self, epoch: int) -> int:
         """Batches every rank yields this epoch: the most any rank has, so that all ranks take
         the same number of DDP steps (a rank that runs dry would hang the others)."""
-        order = shards.epoch_order(self.urls, self.spec.seed, epoch, shuffle=self.spec.train)
+        order = self.shard_order(epoch)
         w = 1 if self.backend == "dali" else max(1, self.workers)   # DALI: one stream per rank
         sizes = self.keep.sizes(epoch) if callable(self.keep) else self.sizes
         per_rank = [sum(worker_batches(sum(sizes.get(shards.shard_name(u), 0) for u in shards.for_worker(mine, i, w)),
@@ -236,11 +244,11 @@ class Loader:
             yield from self._cached
 
     def _batches(self, epoch: int):
-        order = shards.epoch_order(self.urls, self.spec.seed, epoch, shuffle=self.spec.train)
+        order = self.shard_order(epoch)
         # evaluation has no collective inside the loop, so a rank may have no shard there
         mine = shards.for_rank(order, self.part) if self.spec.train else order[self.part.rank::self.part.world]
         if self.backend == "dali":
-            if self._dali is None:      # one pipeline for all epochs, over epoch 0's shard split
+            if self._dali is None:      # one pipeline for all epochs, over shard_order's split
                 from pipeline.dali import DaliStream
                 self._dali = DaliStream(mine, self.spec, self.n_classes, self.workers, self.part.rank)
             self._dali.keep = self.keep_at(epoch)
