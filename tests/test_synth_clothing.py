@@ -154,3 +154,9 @@ def test_time_v_parsing():
     text = ("\tElapsed (wall clock) time (h:mm:ss or m:ss): 1:02.50\n"
             "\tMaximum resident set size (kbytes): 204800\n")
     assert bench_scale.parse_time_v(text) == {"peak_rss_mb": 200.0, "time_wall_s": 62.5}
+
+
+def test_marginal_cost_takes_out_fixed_startup():
+    rows = [{"stage": "s", "rc": 0, "items": n, "n": n, "wall_s": 10 + 0.001 * n} for n in (1e4, 1e5)]
+    assert bench_scale.marginal_cost(rows)["s"] == pytest.approx(0.001)
+    assert bench_scale.exponents(rows)["s"] < 1                            # the fixed 10 s bends k

@@ -208,19 +208,32 @@ def load_avg() -> list[float]:
     return [round(v, 2) for v in os.getloadavg()]
 
 
-def exponents(rows: list[dict]) -> dict[str, float | None]:
+def exponents(rows: list[dict], x: str = "items") -> dict[str, float | None]:
+    """Per stage, k of wall_s ~ x^k (x: "items" the stage processed, or the dataset size "n")."""
     out = {}
     for stage in dict.fromkeys(r["stage"] for r in rows):
         ok = [r for r in rows if r["stage"] == stage and r["rc"] == 0]
-        k = fit_exponent([r["items"] for r in ok], [r["wall_s"] for r in ok])
+        k = fit_exponent([r[x] for r in ok], [r["wall_s"] for r in ok])
         out[stage] = round(k, 3) if k is not None else None
+    return out
+
+
+def marginal_cost(rows: list[dict]) -> dict[str, float | None]:
+    """Per stage, seconds per extra item between the two largest sizes: the per-image cost with
+    the fixed start-up (interpreter, torch import, pool start) taken out, for projections."""
+    out = {}
+    for stage in dict.fromkeys(r["stage"] for r in rows):
+        ok = sorted((r for r in rows if r["stage"] == stage and r["rc"] == 0), key=lambda r: r["items"])
+        a, b = (ok[-2], ok[-1]) if len(ok) >= 2 else (None, None)
+        out[stage] = (round((b["wall_s"] - a["wall_s"]) / (b["items"] - a["items"]), 7)
+                      if a and b["items"] > a["items"] else None)
     return out
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--n", default="10000,100000,1000000", help="comma-separated dataset sizes")
-    p.add_argument("--work", type=Path, default=Path("bench_scale"), help="scratch folder (GBs at 10^6)")
+    p.add_argument("--work", type=Path, default=Path("data/bench_scale"), help="scratch folder (GBs at 10^6)")
     p.add_argument("--json", type=Path, default=None, help="write the table here (default: WORK/scale.json)")
     p.add_argument("--train-cap", type=int, default=20000,
                    help="--max-train-samples of the train epoch (0: the whole split)")
@@ -244,7 +257,8 @@ def main(argv=None) -> int:
     loads["after"] = load_avg()
     result = {"started": started, "sizes": sizes, "cpus": os.cpu_count(), "load_avg": loads,
               "train_cap": args.train_cap, "model": args.model, "image_size": args.image_size,
-              "rows": rows, "exponent_k": exponents(rows)}
+              "rows": rows, "exponent_k": exponents(rows), "exponent_k_vs_n": exponents(rows, "n"),
+              "marginal_s_per_item": marginal_cost(rows)}
     out = args.json or args.work / "scale.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1) + "\n")
@@ -253,7 +267,8 @@ def main(argv=None) -> int:
         print(f"  {r['stage']:15s} N={r['n']:>8d} items={r['items']:>8d} {r['wall_s']:>8.1f} s "
               f"{r['items_per_s'] or 0:>8.1f}/s peak {r.get('peak_rss_mb', 0):>7.1f} MB "
               f"read {r.get('rchar', 0) / 2**20:>8.1f} MiB written {r.get('wchar', 0) / 2**20:>8.1f} MiB")
-    print(f"  exponent k (wall ~ items^k): {result['exponent_k']}")
+    print(f"  exponent k (wall ~ items^k): {result['exponent_k']}; against N: {result['exponent_k_vs_n']}")
+    print(f"  marginal seconds per item: {result['marginal_s_per_item']}")
     return 0 if all(r["rc"] == 0 for r in rows) else 1
 
 
