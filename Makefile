@@ -7,7 +7,7 @@ SHARDS  ?= shards
 RUNS    ?= runs
 export HF_HUB_OFFLINE := 1
 
-.PHONY: demo test install browser bench bench-scale clean
+.PHONY: demo test install bench bench-scale clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -20,13 +20,7 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 
 install: $(VENV)/.installed
 
-# Issue 18: the review page's browser test drives Debian's Chromium (Playwright's own browser
-# download is not reachable). Idempotent; where it cannot be installed the test skips.
-browser:
-	@command -v chromium >/dev/null || (apt-get update && apt-get install -y chromium) \
-		|| echo "make: could not install chromium; tests/test_review_browser.py will skip"
-
-test: install browser
+test: install
 	$(BIN)/python -m pytest
 
 $(DATA)/mnist/.done: | install
