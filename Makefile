@@ -7,7 +7,7 @@ SHARDS  ?= shards
 RUNS    ?= runs
 export HF_HUB_OFFLINE := 1
 
-.PHONY: demo test install browser bench clean
+.PHONY: demo test install browser bench bench-scale clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -46,6 +46,12 @@ bench: install
 	$(BIN)/python tools/bench_step.py --model mnist_cnn --image-size 28 --batch-size 256 --steps 20 --warmup 5
 	$(BIN)/python tools/bench_shards.py --count 4000
 	$(BIN)/python tools/bench_rank_memory.py
+
+# Issue 16: every stage (synth, make_shards, verify, a train epoch, rank_labels) at each N,
+# as a JSON table (BENCHMARKS.md "Scaling"). Hours and ~10 GB of scratch at 10^6 on 2 cores.
+SCALE_N ?= 10000,100000,1000000
+bench-scale: install
+	$(BIN)/python tools/bench_scale.py --n $(SCALE_N) --work $(DATA)/bench_scale --json $(DATA)/bench_scale/scale.json
 
 clean:
 	rm -rf $(RUNS) $(SHARDS)
