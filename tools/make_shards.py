@@ -50,7 +50,8 @@ def encode_image(source, resize: int, quality: int) -> tuple[bytes, str]:
         return _resized(img, resize, quality), "jpg"
     too_big = records.pixel_problem(*img.size)
     if too_big:
-        raise ValueError(f"{too_big}; --resize downscales such images")
+        raise ValueError(f"{too_big}; " + (f"its shorter side is already <= --resize {resize}" if resize
+                                           else "--resize downscales such images"))
     img.draft(img.mode, (64, 64))  # cheap full-file check: the decoder must reach the end
     img.load()
     if fmt == "JPEG" or (fmt == "PNG" and not _wide_png(data)):
@@ -71,7 +72,11 @@ def _resized(img: Image.Image, resize: int, quality: int) -> bytes:
     img.draft("RGB", (img.size[0] * resize // min(img.size), img.size[1] * resize // min(img.size)))
     img = records.to_8bit(img).convert("RGB")
     s = resize / min(img.size)
-    img = img.resize((max(resize, round(img.size[0] * s)), max(resize, round(img.size[1] * s))), Image.BICUBIC)
+    size = (max(resize, round(img.size[0] * s)), max(resize, round(img.size[1] * s)))
+    too_big = records.pixel_problem(*size)
+    if too_big:                   # a long thin strip: still too many pixels once resized
+        raise ValueError(f"resized to {too_big}")
+    img = img.resize(size, Image.BICUBIC)
     buf = io.BytesIO()
     img.save(buf, format="JPEG", quality=quality)
     return buf.getvalue()
