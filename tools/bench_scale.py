@@ -173,7 +173,8 @@ def stages_for(n: int, work: Path, args) -> list[tuple[str, callable, callable]]
         ("synth_clothing", lambda: [py, "tools/synth_clothing.py", str(src), "--n", str(n), "--workers", "2"],
          lambda: n),
         ("make_shards", lambda: [py, "tools/make_shards.py", "clothing1m", str(src), "--out", str(shards),
-                                 "--name", "c1m", "--workers", "2"], lambda: n),
+                                 "--name", "c1m", "--workers", "2"],
+         lambda: sum(card_counts(shards).values())),          # the listed images, not clean-train-only ones
         ("verify_shards", lambda: [py, "tools/verify_shards.py", str(shards), "--name", "c1m", "--workers", "2"],
          lambda: sum(card_counts(shards).values())),
         ("train_epoch", train, lambda: capped(shards, args.train_cap)),
