@@ -46,6 +46,17 @@ def test_reconverting_into_the_same_out_leaves_no_stale_shard(tmp_path, capsys):
     assert not verify_shards.verify(out, "d")[0]
 
 
+def test_reconverting_keeps_shards_another_card_lists(tmp_path, capsys):
+    """A dataset named d-val has train shards d-val-000.tar: d's val pattern, not d's."""
+    src = folder_of(tmp_path / "src", n=2)
+    out = tmp_path / "out"
+    for name in ("d-val", "d", "d"):
+        rc, _, err = run(["imagefolder", src, "--out", out, "--name", name], capsys)
+        assert rc == 0, err
+    assert not verify_shards.verify(out, "d-val")[0] and not verify_shards.verify(out, "d")[0]
+    assert "removed" not in err
+
+
 # ---------------------------------------------------------------- 16-bit images
 def gradient16(path: Path, mode: str = "I;16") -> np.ndarray:
     """A real 16-bit PNG: a horizontal ramp over the whole 16-bit range; -> the 8-bit truth."""

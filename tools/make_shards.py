@@ -6,7 +6,8 @@
 FORMAT: mnist | clothing1m | imagefolder | table. Output (design.md section 4):
 NAME-000.tar ... (train), NAME-val-000.tar, NAME-test-000.tar, an `.idx` beside each tar,
 NAME.json (the card) and NAME.parquet (one row per sample). Samples are assigned to shards
-before any work starts, so the output is byte-identical for any --workers."""
+before any work starts, so the output is byte-identical for any --workers. Shards of NAME in
+--out that the new card does not list (an older conversion's) are removed once it is written."""
 import argparse
 import io
 import json

@@ -238,7 +238,7 @@ def verify(folder: Path, name: str, workers: int = 1) -> tuple[list[str], str]:
                 cls = classes[label] if isinstance(label, int) and 0 <= label < n_classes else label
                 problems.append(f"split {split} class {cls!r}: {a} samples in the tars, {b} in the manifest")
     # ---- leftovers ----
-    names = {f for _, f, _ in listed}
+    names = {f for _, f, _ in listed} | _listed_by_other_cards(folder, name)
     for p in sorted(folder.iterdir()):
         if p.name.startswith(name + "-") and p.suffix == ".tar" and p.name not in names and _is_own(p.name, name):
             problems.append(f"{p.name}: a shard the card does not list")
@@ -248,6 +248,21 @@ def verify(folder: Path, name: str, workers: int = 1) -> tuple[list[str], str]:
     summary = (f"{folder / name}: {len(listed)} shards, {counts} samples, {n_classes} classes; "
                f"every key once, every image decodes, card and manifest agree")
     return problems, summary
+
+
+def _listed_by_other_cards(folder: Path, name: str) -> set[str]:
+    """Shards other datasets' cards in the folder list: a dataset named NAME-val has shards
+    that look like NAME's val shards."""
+    out = set()
+    for p in folder.glob("*.json"):
+        if p.name == f"{name}.json":
+            continue
+        try:
+            card = read_card(p)
+        except DataError:
+            continue
+        out |= {s["file"] for sp in card["splits"].values() for s in sp["shards"]}
+    return out
 
 
 def _is_own(file: str, name: str) -> bool:
