@@ -16,7 +16,7 @@ from pipeline import shards
 from pipeline.augment import AugSpec, spec_from_card  # noqa: F401  (re-exported for callers)
 from pipeline.batch import Batch
 from pipeline.cpu import ReadSpec, cpu_batches
-from pipeline.noise import NoiseTable, parse_noise, transition_matrix
+from pipeline.noise import FixedLabels, NoiseTable, parse_noise, transition_matrix
 from pipeline.shards import DataError, Part
 
 
@@ -157,6 +157,38 @@ def worker_batches(n: int, batch_size: int) -> int:
 def noise_table(ds: Dataset, noise: str, pairs: str, seed: int) -> NoiseTable:
     spec = parse_noise(noise)
     return NoiseTable(transition_matrix(spec, ds.classes, pairs), ds.card["num_indices"], seed)
+
+
+def given_labels(ds: Dataset, noise: str, pairs: str, seed: int, fixes_file: str = ""):
+    """(the labels a run trains on: --noise, then --label-fixes; the fixes, or None). One
+    definition for the trainer and rank_labels, so both see the same given labels."""
+    table = noise_table(ds, noise, pairs, seed)
+    if not fixes_file:
+        return table, None
+    from pipeline.fixes import read_fixes
+    fixes = _flagged("--label-fixes", read_fixes, fixes_file, _manifest_keys(ds), ds.card["num_indices"], ds.classes)
+    return FixedLabels(table, fixes.relabel, ds.card["num_indices"]), fixes
+
+
+def _manifest_keys(ds: Dataset) -> dict[str, int]:
+    """key -> index over the manifest (one Python string a sample: ~100 MB at 10^6, read once)."""
+    t = pq.read_table(ds.card_path.with_suffix(".parquet"), columns=["key", "index"])
+    return dict(zip(t.column("key").to_pylist(), t.column("index").to_pylist()))
+
+
+def without(ds: Dataset, keep: np.ndarray | None, drop) -> np.ndarray | None:
+    """The train mask (subset_mask's; None: the whole train split) less the dropped indices."""
+    if not drop:
+        return keep
+    if keep is None:
+        t = pq.read_table(ds.card_path.with_suffix(".parquet"), columns=["split", "index"])
+        t = t.filter(pa.compute.equal(t["split"], "train"))
+        keep = np.zeros(ds.card["num_indices"], dtype=bool)
+        keep[t.column("index").to_numpy()] = True
+    else:
+        keep = keep.copy()
+    keep[np.fromiter(drop, dtype=np.int64)] = False
+    return keep
 
 
 class Loader:

@@ -97,3 +97,21 @@ class NoiseTable:
         u = self.u[index].unsqueeze(1)                         # (B, 1)
         new = (self.cdf[labels] <= u).sum(1)                   # inverse CDF, (B,)
         return new.clamp_(max=self.cdf.shape[1] - 1).to(labels.dtype)
+
+
+class FixedLabels:
+    """The given labels after --noise, then a reviewer's fixes by sample index
+    (pipeline/fixes.py): noise first, since it stands for the dataset's own label noise in an
+    experiment and a person reviews the labels a run showed them; then the fixes. Same
+    interface as NoiseTable (apply, matrix: the synthetic noise's)."""
+
+    def __init__(self, noise: NoiseTable, relabel: dict[int, int], n_total: int):
+        self.noise, self.matrix = noise, noise.matrix
+        self.table = torch.full((n_total,), -1, dtype=torch.int64)   # -1: no fix (8 bytes a sample)
+        if relabel:
+            self.table[torch.tensor(list(relabel), dtype=torch.int64)] = torch.tensor(list(relabel.values()))
+
+    def apply(self, labels: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        given = self.noise.apply(labels, index)
+        fixed = self.table[index]
+        return torch.where(fixed >= 0, fixed, given).to(labels.dtype)

@@ -207,7 +207,9 @@ def build_loader(cfg, args, part: Part):
         raise DataError(f"the dataset has no {args.split!r} split")
     aug = data.spec_from_card(ds.card, cfg.image_size)
     keep = data.subset_mask(ds, cfg.max_train_samples, cfg.seed) if args.split == "train" else None
-    noise = data.noise_table(ds, cfg.noise, cfg.noise_pairs, cfg.noise_seed)
+    noise, fixes = data.given_labels(ds, cfg.noise, cfg.noise_pairs, cfg.noise_seed, cfg.label_fixes)
+    if fixes and args.split == "train":
+        keep = data.without(ds, keep, fixes.drop)
     spec = ReadSpec(aug, train=False, batch_size=args.batch_size or cfg.batch_size, seed=cfg.seed)
     ld = data.Loader(ds.urls[args.split], spec, len(ds.classes),
                      workers=cfg.workers if args.workers is None else args.workers,

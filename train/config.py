@@ -32,6 +32,7 @@ class Config:
     noise: str = opt("none", "label noise on train and val: none | uniform:P | pair:P | matrix:FILE")
     noise_pairs: str = opt("", "pair noise as SRC>DST,... class names (default: CIFAR-10's pairs)")
     noise_seed: int = opt(0, "seed of the noise table (label = f(clean label, index, seed))")
+    label_fixes: str = opt("", "a reviewer's label fixes: tools/review_labels.py's CSV, a key,label or index,label table, or a Label Studio JSON export; applied after --noise; 'drop' rows leave the sample out of training")
     # model
     model: str = opt("resnet50", "classifier: any timm model name, mnist_cnn or cifar_resnet34")
     pretrained: str = opt("", "local timm weights file for the backbone(s); the head is new")
@@ -77,8 +78,10 @@ class Config:
     log_with: str = opt("", "accelerate tracker, e.g. tensorboard (nothing is contacted unless asked)")
     max_skip_frac: float = opt(0.01, "stop (exit 2) when more than this fraction of a split's samples is lost in an epoch: damaged samples, cut-off or missing shards (1: never)")
 
-    def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self), indent=1, sort_keys=True)
+    def to_json(self, **extra) -> str:
+        """The resolved flags; `extra` adds what the run derived from them (skipped when None)."""
+        return json.dumps({**dataclasses.asdict(self), **{k: v for k, v in extra.items() if v is not None}},
+                          indent=1, sort_keys=True)
 
 
 class OneLineParser(argparse.ArgumentParser):

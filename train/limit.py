@@ -71,7 +71,9 @@ def train(cfg, acc, out: Path) -> int:
     part = Part(acc.process_index, acc.num_processes)
     backend, backend_note = data.choose_backend(cfg.backend)
     keep = data.subset_mask(ds, cfg.max_train_samples, cfg.seed)
-    noise = data.noise_table(ds, cfg.noise, cfg.noise_pairs, cfg.noise_seed)
+    noise, fixes = data.given_labels(ds, cfg.noise, cfg.noise_pairs, cfg.noise_seed, cfg.label_fixes)
+    if fixes:
+        keep = data.without(ds, keep, fixes.drop)
     if cfg.balance:
         keep = data.Balanced(ds, cfg.balance, cfg.seed, noise, keep)
     loaders = data.build_loaders(ds, aug, batch_size=cfg.batch_size, workers=cfg.workers, seed=cfg.seed,
@@ -96,7 +98,10 @@ def train(cfg, acc, out: Path) -> int:
         if not cfg.resume:
             for log in ("metrics.jsonl", "skipped.jsonl"):    # a fresh run starts fresh logs
                 (out / log).unlink(missing_ok=True)
-        runfolder.write_atomic(out / "config.json", cfg.to_json() + "\n")
+        runfolder.write_atomic(out / "config.json", cfg.to_json(label_fixes_applied=fixes_record(fixes)) + "\n")
+        if fixes:
+            acc.print(f"label fixes from {fixes.path}: {fixes.n_relabelled} relabelled, {fixes.n_dropped} dropped, "
+                      f"{fixes.n_kept} confirmed")
         acc.print(f"{cfg.method} on {len(ds.classes)} classes, {n_train} train samples, "
                   f"{steps} steps/epoch, backend {backend_note}, device {acc.device}, "
                   f"precision {acc.mixed_precision}" + (f"; init {init_note}" if init_note else ""))
@@ -114,12 +119,22 @@ def train(cfg, acc, out: Path) -> int:
     if acc.is_main_process:
         # Theorem 2.1: the train error any learner keeping no label-noise information must make
         final.update(run_summary(noise.matrix.numpy(), final["train_acc_last"]))
+        if fixes:
+            final["label_fixes_applied"] = fixes_record(fixes)
         runfolder.write_atomic(out / "final.json", json.dumps(final, indent=1) + "\n")
         write_curves(out)                     # curves.png + summary.csv from metrics.jsonl
         acc.print(f"done: best val {final['best_val_acc']} at epoch {final['best_epoch']}, "
                   f"test {final['test_acc']}, last test {final['test_acc_last']}")
     acc.end_training()
     return 0
+
+
+def fixes_record(fixes) -> dict | None:
+    """What --label-fixes did, for config.json and final.json."""
+    if fixes is None:
+        return None
+    return {"file": os.path.abspath(fixes.path), "sha256": fixes.sha256, "relabelled": fixes.n_relabelled,
+            "dropped": fixes.n_dropped, "kept": fixes.n_kept}
 
 
 def resume_state(cfg, out: Path, acc, model, optimizer, ema) -> dict:
