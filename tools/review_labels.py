@@ -71,17 +71,29 @@ def read_scores(labels: Path) -> tuple[dict, dict]:
         summary = json.loads((labels / "summary.json").read_text()) if (labels / "summary.json").is_file() else {}
     except (OSError, ValueError, KeyError) as e:
         raise DataError(f"{labels}: cannot read rank_labels' output ({e})") from None
-    cols = {c: table.column(c) for c in SCORE_COLUMNS}
-    cols = {c: (v.to_pylist() if c in ("key", "shard") else
-                v.fill_null(-1).to_numpy() if c == "predictor_pred" else v.to_numpy()) for c, v in cols.items()}
+    # key and shard stay Arrow arrays (no Python string per scored row: only the top K are
+    # taken out); the numeric columns become numpy, a CE run's null predictor_pred -1
+    cols = {c: table.column(c).combine_chunks() for c in SCORE_COLUMNS}
+    cols = {c: (v if c in ("key", "shard") else v.fill_null(-1).to_numpy() if c == "predictor_pred"
+                else v.to_numpy()) for c, v in cols.items()}
     return cols, summary
 
 
-def top_rows(cols: dict, k: int) -> np.ndarray:
-    """Row positions of the k best-ranked samples, rank order."""
+def check_labels(cols: dict, n: int, card_path: Path) -> None:
+    """Every label a class of the card (the page indexes class names with them)."""
+    for c in ("label", "classifier_pred", "predictor_pred"):
+        v = cols[c]
+        if len(v) and (v.max() >= n or v.min() < -1 or (c != "predictor_pred" and v.min() < 0)):
+            raise DataError(f"label_scores.parquet: {c} holds {int(v.max())} or {int(v.min())}, "
+                            f"outside the {n} classes of {card_path} (scores from another dataset?)")
+
+
+def suspects(cols: dict, k: int) -> dict:
+    """The k best-ranked samples' columns, in rank order (key and shard as Python lists)."""
     rank = cols["rank"]
     pick = np.flatnonzero(rank <= k)
-    return pick[np.argsort(rank[pick], kind="stable")]
+    pick = pick[np.argsort(rank[pick], kind="stable")]
+    return {c: (v.take(pick).to_pylist() if c in ("key", "shard") else v[pick]) for c, v in cols.items()}
 
 
 def read_sources(manifest: Path, indices: np.ndarray) -> dict[int, str]:
@@ -134,10 +146,8 @@ def _thumb(body: bytes, out: Path, index: int, size: int) -> str:
         img = img.convert("L" if img.mode in ("1", "L", "LA", "I;16", "I") else "RGB")
     except (OSError, ValueError, Image.DecompressionBombError):
         return ""
-    img.thumbnail((size, size), Image.Resampling.BICUBIC)
-    if img.width < size and img.height < size:    # small images (MNIST): scale up, keep pixels sharp
-        f = size // max(img.width, img.height)
-        img = img.resize((img.width * f, img.height * f), Image.Resampling.NEAREST) if f > 1 else img
+    img.thumbnail((size, size), Image.Resampling.BICUBIC)   # never enlarges: the page scales
+    # small images up itself (image-rendering: pixelated), so a 28x28 digit stays ~1 KB
     name = f"{index}.png" if img.mode == "L" else f"{index}.jpg"
     img.save(out / name, **({"format": "PNG"} if img.mode == "L" else {"format": "JPEG", "quality": 85}))
     return f"{out.name}/{name}"
@@ -229,14 +239,13 @@ def plot_noise(path: Path, report: dict, classes: list[str]) -> None:
 
 # ---- the page ----
 
-def page_rows(cols: dict, pick: np.ndarray, sources: dict, thumbs: dict) -> dict:
+def page_rows(top: dict, sources: dict, thumbs: dict) -> dict:
     """The suspects as columns (compact JSON: one array per field)."""
-    idx = cols["index"][pick]
-    return {"index": idx.tolist(), "key": [cols["key"][i] for i in pick],
-            "shard": [cols["shard"][i] for i in pick], "source": [sources.get(int(i), "") for i in idx],
-            "given": cols["label"][pick].tolist(), "pp": cols["predictor_pred"][pick].tolist(),
-            "cp": cols["classifier_pred"][pick].tolist(),
-            "score": [round(float(s), 5) for s in cols["score"][pick]], "rank": cols["rank"][pick].tolist(),
+    idx = top["index"]
+    return {"index": idx.tolist(), "key": top["key"], "shard": top["shard"],
+            "source": [sources.get(int(i), "") for i in idx], "given": top["label"].tolist(),
+            "pp": top["predictor_pred"].tolist(), "cp": top["classifier_pred"].tolist(),
+            "score": [round(float(v), 5) for v in top["score"]], "rank": top["rank"].tolist(),
             "thumb": [thumbs.get(int(i), "") for i in idx]}
 
 
@@ -329,13 +338,14 @@ def main(argv=None) -> int:
     card_path = find_card(args)
     card = shards.read_card(card_path)
     classes = card["classes"]
-    pick = top_rows(cols, args.top)
+    check_labels(cols, len(classes), card_path)
+    top = suspects(cols, args.top)
     wanted = {}
-    for i in pick:
-        wanted.setdefault(cols["shard"][i], {})[cols["key"][i]] = int(cols["index"][i])
+    for shard, key, index in zip(top["shard"], top["key"], top["index"]):
+        wanted.setdefault(shard, {})[key] = int(index)
     thumbs = write_thumbs(card_path.parent, wanted, out / "thumbs", args.thumb_size)
-    sources = read_sources(card_path.with_suffix(".parquet"), cols["index"][pick])
-    rows = page_rows(cols, pick, sources, thumbs)
+    sources = read_sources(card_path.with_suffix(".parquet"), top["index"])
+    rows = page_rows(top, sources, thumbs)
     noise = noise_report(cols, len(classes), summary.get("split", "train"))
     (out / "noise.json").write_text(json.dumps(noise, indent=1) + "\n")
     plot_noise(out / "noise_matrix.png", noise, classes)
@@ -345,7 +355,7 @@ def main(argv=None) -> int:
     if args.label_studio:
         write_label_studio(Path(args.label_studio), rows, classes, args.label_studio_prefix,
                            summary.get("method", "rank_labels"))
-    print(f"review_labels: {len(pick)} suspects, {len(thumbs)} thumbnails; open {page.resolve().as_uri()}")
+    print(f"review_labels: {len(rows['index'])} suspects, {len(thumbs)} thumbnails; open {page.resolve().as_uri()}")
     return 0
 
 
