@@ -28,6 +28,9 @@ _JPEG_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0
 # PIL modes of more than 8 bits per channel that it converts to "L" or "RGB" by clipping (a
 # 16-bit grey ramp came out white): to_8bit rescales them instead
 WIDE_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+# ustar holds 100 bytes of member name (KEY.json: the key + 5) and keys hold no '/' to split
+# at: a longer key (34 CJK characters are 102 bytes) ends in 'h' + 16 hex digits of its SHA-1
+MAX_KEY_BYTES = 90
 _KEY_UNSAFE = re.compile(r"[^\w-]+")     # str patterns: \w is any Unicode letter, digit or _
 
 
@@ -35,11 +38,15 @@ def make_key(text: str) -> str:
     """A tar-safe key from a source path: no dots (webdataset splits the extension at the
     first dot), no slashes; 'images/0/00/x.jpg' -> 'images_0_00_x', '猫/写真.jpg' -> '猫_写真'.
     Unicode is NFC-normalised first, so a name typed on macOS (decomposed) and on Linux gives
-    one key. A name with no letter or digit left gets 'h' + 16 hex digits of its SHA-1."""
+    one key. A name with no letter or digit left gets 'h' + 16 hex digits of its SHA-1; one
+    longer than MAX_KEY_BYTES is cut and ends in them."""
     text = unicodedata.normalize("NFC", text)
     stem = text.rsplit(".", 1)[0] if "." in text.rsplit("/", 1)[-1] else text
     key = _KEY_UNSAFE.sub("_", stem).strip("_")
-    return key or "h" + hashlib.sha1(text.encode("utf-8", "surrogateescape")).hexdigest()[:16]
+    digest = "h" + hashlib.sha1(text.encode("utf-8", "surrogateescape")).hexdigest()[:16]
+    if len(key.encode()) > MAX_KEY_BYTES:       # cut on a character, then the digest
+        key = key.encode()[:MAX_KEY_BYTES - len(digest) - 1].decode("utf-8", "ignore") + "_" + digest
+    return key or digest
 
 
 def image_header(data: bytes) -> tuple[int, int, int] | None:

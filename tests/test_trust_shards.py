@@ -216,3 +216,17 @@ def test_a_table_whose_every_image_is_missing_converts_nothing_and_says_so(tmp_p
     rc, _, err = run(["table", tmp_path / "t.csv", "--out", out, "--name", "t"], capsys)
     assert_one_line_error(rc, err, "no image converted", "2 skipped", "nope1.jpg")
     assert not (out / "t.json").exists() and not list(out.glob("*.tar"))
+
+
+def test_a_long_name_gets_a_shortened_key_that_fits_a_tar_header(tmp_path, capsys):
+    root = tmp_path / "src"
+    long = "写真" * 20 + ".jpg"                              # 120 bytes of UTF-8: over ustar's 100
+    make_image(root / "猫" / long, seed=1)
+    make_image(root / "猫" / ("写真" * 20 + "x.jpg"), seed=2)
+    out = tmp_path / "out"
+    rc, _, err = run(["imagefolder", root, "--out", out, "--name", "d"], capsys)
+    assert rc == 0, err
+    keys = [s["key"] for s in read_back(out, "d", tmp_path)["train"]]
+    assert len(set(keys)) == 2 and all(len(k.encode()) <= records.MAX_KEY_BYTES for k in keys)
+    assert all(k.startswith("猫_写真写真") for k in keys)
+    assert records.make_key("a" * 200 + ".jpg") == records.make_key("a" * 200 + ".jpg")
