@@ -156,3 +156,28 @@ def test_errors_are_one_line(tmp_path, shards, capsys):
     labels = fake_labels(shards, tmp_path / "lonely" / "labels")
     assert rl.cli(["--labels", str(labels), "--out", str(tmp_path / "o")]) == 2
     assert "config.json" in capsys.readouterr().err
+
+
+def test_ce_run_uses_the_classifier(shards, tmp_path):
+    """A CE run has no predictor (predictor_pred null): the page and the matrix use the
+    classifier's label, and so do the Label Studio pre-annotations."""
+    labels = fake_labels(shards, tmp_path / "run" / "labels", seed=3)
+    t = pq.read_table(labels / "label_scores.parquet")
+    t = t.set_column(t.schema.get_field_index("predictor_pred"), "predictor_pred",
+                     pa.nulls(len(t), pa.int64()))
+    pq.write_table(t, labels / "label_scores.parquet")
+    out = tmp_path / "page"
+    assert rl.cli(["--labels", str(labels), "--out", str(out), "--top", "20", "--card", str(shards / "digits.json")]) == 0
+    _, d = page_data(out)
+    assert d["rows"]["pp"] == [-1] * 20 and d["noise"]["proxy"] == "classifier"
+    tasks_rows = rl.label_studio_tasks(d["rows"], d["classes"], "", "ce")
+    assert tasks_rows[0]["predictions"][0]["result"][0]["value"]["choices"] == [d["classes"][d["rows"]["cp"][0]]]
+
+
+def test_labels_outside_the_card_are_refused(shards, tmp_path, capsys):
+    labels = fake_labels(shards, tmp_path / "run" / "labels", seed=4)
+    t = pq.read_table(labels / "label_scores.parquet")
+    t = t.set_column(t.schema.get_field_index("label"), "label", pa.array([12] * len(t), pa.int64()))
+    pq.write_table(t, labels / "label_scores.parquet")
+    assert rl.cli(["--labels", str(labels), "--out", str(tmp_path / "o"), "--card", str(shards / "digits.json")]) == 2
+    assert "outside the 10 classes" in capsys.readouterr().err
