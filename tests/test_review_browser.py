@@ -1,7 +1,8 @@
 """The review page in a real browser: headless Chromium (Debian's `chromium`) driven by
 Playwright over a page made from a small real run (tiny shards, one LIMIT epoch,
 rank_labels, review_labels). Filter, decide with the keyboard, undo, export, and read the
-CSV back with pipeline/fixes.py; then time the page with 20,000 suspects.
+CSV back with pipeline/fixes.py and train one epoch on it (--label-fixes); then time the page
+with 20,000 suspects.
 
 Skips with a reason only where no browser can be had (`make test` installs it).
 REVIEW_SCREENSHOT=PATH also saves a screenshot of the page (docs/review-page.png)."""
@@ -44,15 +45,20 @@ def browser():
         b.close()
 
 
+def train_one_epoch(shards, out, *extra):
+    """LIMIT, one epoch on 400 digits with 30% uniform noise."""
+    assert train_cli(["--data", str(shards / "digits-{000..003}.tar"), "--model", "mnist_cnn", "--batch-size", "64",
+                      "--workers", "0", "--noise", "uniform:0.3", "--method", "limit", "--epochs", "1",
+                      "--predictor-model", "mnist_cnn", "--max-train-samples", "400", "--out", str(out), *extra]) == 0
+
+
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    """A LIMIT run of one epoch on 400 digits with 30% uniform noise, ranked."""
+    """A one-epoch LIMIT run, ranked."""
     root = tmp_path_factory.mktemp("review_run")
     shards = make_digit_shards(root / "digits", n_train=500, n_test=50)
     out = root / "runs" / "limit"
-    assert train_cli(["--data", str(shards / "digits-{000..003}.tar"), "--model", "mnist_cnn", "--batch-size", "64",
-                      "--workers", "0", "--noise", "uniform:0.3", "--method", "limit", "--epochs", "1",
-                      "--predictor-model", "mnist_cnn", "--max-train-samples", "400", "--out", str(out)]) == 0
+    train_one_epoch(shards, out)
     assert rank_cli(["--run", str(out), "--out", str(out / "labels"), "--workers", "0"]) == 0
     return shards, out
 
@@ -69,11 +75,12 @@ def open_page(browser, path, **kw):
     pg = ctx.new_page()
     errors = []
     pg.on("pageerror", lambda e: errors.append(str(e)))
-    pg.on("request", lambda r: errors.append("network: " + r.url) if not r.url.startswith(("file:", "blob:", "data:")) else None)
+    local = ("file:", "blob:", "data:")            # anything else would be a network request
+    pg.on("request", lambda r: None if r.url.startswith(local) else errors.append("network: " + r.url))
     start = time.perf_counter()
     pg.goto(Path(path).resolve().as_uri())
-    pg.wait_for_function("window.review && window.review.ready")
-    return ctx, pg, errors, start
+    pg.wait_for_selector("body[data-ready]")   # selectors, not wait_for_function: the page's
+    return ctx, pg, errors, start              # CSP forbids the eval that its polling uses
 
 
 def test_review_in_browser(browser, page, run, tmp_path):
@@ -101,7 +108,7 @@ def test_review_in_browser(browser, page, run, tmp_path):
     assert len(decided) == 2
     # the decisions survive a reload (localStorage, keyed by the run)
     pg.reload()
-    pg.wait_for_function("window.review && window.review.ready")
+    pg.wait_for_selector("body[data-ready]")
     assert pg.evaluate("window.review.decisions()") == decided
     with pg.expect_download() as dl:
         pg.click("#b-export")
@@ -114,6 +121,11 @@ def test_review_in_browser(browser, page, run, tmp_path):
     fixes = read_fixes(csv_path, dict(zip(m["key"], m["index"])), max(m["index"]) + 1, classes)
     assert fixes.n_dropped == 1
     assert fixes.n_relabelled + fixes.n_kept == 1       # "accept" of a prediction equal to the given is a keep
+    # ... and a training run takes it as --label-fixes, with the counts recorded
+    train_one_epoch(shards, tmp_path / "fixed", "--label-fixes", str(csv_path))
+    applied = json.loads((tmp_path / "fixed" / "config.json").read_text())["label_fixes_applied"]
+    assert (applied["dropped"], applied["relabelled"] + applied["kept"]) == (1, 1)
+    assert applied["sha256"] == fixes.sha256
     shot = os.environ.get("REVIEW_SCREENSHOT")
     if shot:                                  # the README's picture: a few decisions in sight
         pg.select_option("#f-given", "")
@@ -144,7 +156,7 @@ def test_20000_suspects_interactive_within_2s(browser, page, tmp_path):
     ctx, pg, errors, start = open_page(browser, big_page)
     pg.locator("#grid").focus()
     pg.keyboard.press("ArrowRight")
-    pg.wait_for_function("window.review.selected() === 1")
+    pg.wait_for_selector('.card.sel[data-i="1"]')
     wall = time.perf_counter() - start
     ready_ms = pg.evaluate("window.review.ready")
     cards = pg.locator(".card").count()
@@ -153,6 +165,6 @@ def test_20000_suspects_interactive_within_2s(browser, page, tmp_path):
     assert cards < 400                                   # virtualized: only what is in sight
     assert wall < READY_S, wall
     pg.evaluate("document.getElementById('grid').scrollTop = 1e6")
-    pg.wait_for_function("document.querySelector('.card') && +document.querySelector('.card').dataset.i > 19000")
+    pg.wait_for_selector('.card[data-i="19999"]')
     assert not errors, errors
     ctx.close()

@@ -193,8 +193,9 @@ def noise_report(cols: dict, n: int, split: str) -> dict:
     proxy = np.where(pp >= 0, pp, cp)               # CE runs: the classifier is the only head
     est = transition_estimate(given, proxy, n)
     known = cols["clean_label"] >= 0
-    out = {"split": split, "proxy": "predictor" if (pp >= 0).any() else "classifier",
-           "calibration": "row-normalized counts of (predictor's label, given label); no further calibration",
+    head = "predictor" if (pp >= 0).any() else "classifier"
+    out = {"split": split, "proxy": head,
+           "calibration": f"row-normalized counts of ({head}'s label, given label); no further calibration",
            "estimated": _rounded(est["matrix"]), "noise_rate": _rounded(est["noise_rate"]),
            "wrong_by_given": (est["counts"].sum(0) - np.diag(est["counts"])).tolist(),
            "pairs": [[i, j, round(v, 4)] for i, j, v in est["pairs"][:20]],
@@ -245,7 +246,8 @@ def page_rows(top: dict, sources: dict, thumbs: dict) -> dict:
     return {"index": idx.tolist(), "key": top["key"], "shard": top["shard"],
             "source": [sources.get(int(i), "") for i in idx], "given": top["label"].tolist(),
             "pp": top["predictor_pred"].tolist(), "cp": top["classifier_pred"].tolist(),
-            "score": [round(float(v), 5) for v in top["score"]], "rank": top["rank"].tolist(),
+            "score": [round(float(v), 5) if np.isfinite(v) else None for v in top["score"]],
+            "rank": top["rank"].tolist(),
             "thumb": [thumbs.get(int(i), "") for i in idx]}
 
 
@@ -322,7 +324,8 @@ def parse_args(argv):
     p.add_argument("--label-studio", help="also write Label Studio import tasks to this JSON file")
     p.add_argument("--label-studio-prefix", default="/data/local-files/?d=",
                    help="prefix of data.image before the thumbnail's path relative to --out "
-                        "(default: Label Studio's local-files URL; set LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT to --out)")
+                        "(default: Label Studio's local-files URL; "
+                        "set LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT to --out)")
     p.add_argument(TRUST_FLAG, dest="trust_urls", action="store_true",
                    help="let the run's config.json and the card name pipe: or remote shard URLs")
     args = p.parse_args(argv)
