@@ -126,6 +126,13 @@ def test_review_in_browser(browser, page, run, tmp_path):
     applied = json.loads((tmp_path / "fixed" / "config.json").read_text())["label_fixes_applied"]
     assert (applied["dropped"], applied["relabelled"] + applied["kept"]) == (1, 1)
     assert applied["sha256"] == fixes.sha256
+    # any class by the keyboard: C focuses the class list, typing picks, Enter decides
+    before = len(pg.evaluate("window.review.decisions()"))
+    pg.keyboard.press("c")
+    pg.keyboard.type("7")
+    pg.keyboard.press("Enter")
+    after = pg.evaluate("window.review.decisions()")
+    assert len(after) == before + 1 and 7 in [v["l"] for v in after.values()]
     shot = os.environ.get("REVIEW_SCREENSHOT")
     if shot:                                  # the README's picture: a few decisions in sight
         pg.select_option("#f-given", "")
