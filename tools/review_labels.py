@@ -58,7 +58,10 @@ def find_card(args) -> Path:
         raise DataError(f"no config.json in {run} to find the dataset card: give --run or --card")
     from tools.rank_labels import saved_config   # its type and URL checks, not a copy of them
     cfg = saved_config(run / "config.json", args.trust_urls)
-    return data.resolve(cfg.data, cfg.val_data, cfg.test_data, args.trust_urls).card_path
+    try:
+        return data.resolve(cfg.data, cfg.val_data, cfg.test_data, args.trust_urls).card_path
+    except DataError as e:             # the run's shards moved: say which flag helps
+        raise DataError(f"the shards of {run / 'config.json'}: {e} (give --card when they moved)") from None
 
 
 def read_scores(labels: Path) -> tuple[dict, dict]:
