@@ -167,7 +167,8 @@ def test_ce_run_uses_the_classifier(shards, tmp_path):
                      pa.nulls(len(t), pa.int64()))
     pq.write_table(t, labels / "label_scores.parquet")
     out = tmp_path / "page"
-    assert rl.cli(["--labels", str(labels), "--out", str(out), "--top", "20", "--card", str(shards / "digits.json")]) == 0
+    assert rl.cli(["--labels", str(labels), "--out", str(out), "--top", "20",
+                   "--card", str(shards / "digits.json")]) == 0
     _, d = page_data(out)
     assert d["rows"]["pp"] == [-1] * 20 and d["noise"]["proxy"] == "classifier"
     tasks_rows = rl.label_studio_tasks(d["rows"], d["classes"], "", "ce")
