@@ -2,19 +2,31 @@
 
     python tools/make_shards.py FORMAT SOURCE --out DIR [--name NAME] [--shard-size N]
         [--resize SHORTER] [--quality Q] [--val-fraction F] [--workers K] [--seed S]
+        [--label-fixes FILE] [--part I/N | --merge]
 
 FORMAT: mnist | clothing1m | imagefolder | table. Output (design.md section 4):
 NAME-000.tar ... (train), NAME-val-000.tar, NAME-test-000.tar, an `.idx` beside each tar,
 NAME.json (the card) and NAME.parquet (one row per sample). Samples are assigned to shards
 before any work starts, so the output is byte-identical for any --workers. Shards of NAME in
---out that the new card does not list (an older conversion's) are removed once it is written."""
+--out that the new card does not list (an older conversion's) are removed once it is written.
+
+Resumable: while a conversion runs, NAME.partial/ in --out holds its plan's fingerprint and one
+record per finished shard; rerunning the same command after a kill writes only the missing
+shards, and the folder is removed once the card is written. --part I/N writes the shards j
+with j % N == I - 1 (no card); --merge checks every shard is there and writes card and manifest.
+--label-fixes applies a reviewer's relabels and drops (pipeline.fixes) to the shards written."""
 import argparse
+import collections
+import hashlib
 import io
 import json
 import os
 import re
+import shutil
 import sys
+import tempfile
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +35,7 @@ import pyarrow.parquet as pq
 from PIL import Image
 from tqdm import tqdm
 
+from pipeline import fixes as label_fixes
 from pipeline import records
 from pipeline.records import encode_sample
 from pipeline.shards import DataError
@@ -84,45 +97,203 @@ def _resized(img: Image.Image, resize: int, quality: int) -> bytes:
 
 
 def write_shard(job: dict) -> dict:
-    """One shard: encode every record, skip the unreadable, write atomically."""
-    samples, rows, skipped = [], [], []
+    """One shard: encode every record, skip the unreadable, write atomically, then its record
+    in NAME.partial/ (after the tar's rename: a record names a complete shard, see done_shard)."""
+    samples, skipped, skipped_index = [], [], []
     for key, label, clean, index, source in job["records"]:
         try:
             data, ext = encode_image(source, job["resize"], job["quality"])
         except (OSError, ValueError, Image.DecompressionBombError) as e:
             skipped.append({"key": key, "source": str(source), "reason": f"{type(e).__name__}: {e}"})
+            skipped_index.append(int(index))
             continue
         src = "" if isinstance(source, np.ndarray) else str(source)
         samples.append(encode_sample(key, data, ext, label, index, clean, src))
-        rows.append({"key": key, "split": job["split"], "shard": job["file"], "index": index,
-                     "label": label, "clean_label": clean, "source": src})
     write_tar(Path(job["out"]) / job["file"], samples)
-    return {"file": job["file"], "split": job["split"], "count": len(samples), "rows": rows, "skipped": skipped}
+    first = next(iter(samples[0])).split(".", 1)[0] if samples else None
+    record = {"file": job["file"], "split": job["split"], "count": len(samples), "first": first,
+              "skipped": skipped, "skipped_index": skipped_index}
+    write_json_atomic(Path(job["work"]) / "shards" / f"{job['file']}.json", record)
+    return record
 
 
-def plan(src: shard_sources.Source, args) -> list[dict]:
-    """Global indices (train, then val, then test) and the shard each record goes to."""
-    jobs, index = [], 0
+def write_json_atomic(path: Path, obj) -> None:
+    """A unique temporary name: --part runs on several machines may write the same file."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        f.write(json.dumps(obj, indent=1) + "\n")
+    os.replace(tmp, path)
+
+
+# ---------------------------------------------------------------------------- the plan
+
+@dataclass
+class Plan:
+    """Which record goes to which shard, fixed before any work starts. splits: split ->
+    (records [(key, label, clean, source)], global indices as int64); jobs: one dict per shard
+    {split, file, start, stop} into its split's records. Compact on purpose: no per-sample
+    object beyond the source's own records (the plan of 10^6 samples is one int64 array)."""
+    splits: dict
+    jobs: list[dict]
+    num_indices: int
+
+
+def plan(src: shard_sources.Source, args, fixes=None) -> Plan:
+    """Global indices (train, then val, then test) and the shard each record goes to. Label
+    fixes relabel records and leave dropped ones out; indices are those of the unfixed plan,
+    so a fixes file written from an earlier conversion's manifest names the same samples."""
+    splits, jobs, base = {}, [], 0
     for split in shard_sources.SPLITS:
         recs = src.splits.get(split, [])
+        index = np.arange(base, base + len(recs), dtype=np.int64)
+        base += len(recs)
+        if fixes is not None:
+            recs, index = apply_fixes(recs, index, fixes)
+        splits[split] = (recs, index)
         prefix = args.name if split == "train" else f"{args.name}-{split}"
         for start in range(0, len(recs), args.shard_size):
-            chunk = recs[start:start + args.shard_size]
             jobs.append({"split": split, "file": f"{prefix}-{start // args.shard_size:03d}.tar",
-                         "out": str(args.out), "resize": args.resize, "quality": args.quality,
-                         "records": [(k, y, c, index + i, s) for i, (k, y, c, s) in enumerate(chunk)]})
-            index += len(chunk)
-    return jobs
+                         "start": start, "stop": min(start + args.shard_size, len(recs))})
+    return Plan(splits, jobs, base)
 
 
-def run_jobs(jobs: list[dict], workers: int) -> list[dict]:
-    bar = tqdm(total=sum(len(j["records"]) for j in jobs), unit="img", desc="shards", disable=None)
+def apply_fixes(recs: list, index: np.ndarray, fixes) -> tuple[list, np.ndarray]:
+    keep = [i for i, g in enumerate(index.tolist()) if g not in fixes.drop]
+    out = []
+    for i in keep:
+        key, label, clean, source = recs[i]
+        out.append((key, fixes.relabel.get(int(index[i]), label), clean, source))
+    return out, index[keep]
+
+
+def job_records(p: Plan, job: dict) -> list[tuple]:
+    """(key, label, clean, index, source) of one shard, built when the shard is sent to a worker."""
+    recs, index = p.splits[job["split"]]
+    return [(*recs[i][:3], int(index[i]), recs[i][3]) for i in range(job["start"], job["stop"])]
+
+
+def read_label_fixes(src: shard_sources.Source, args):
+    """The --label-fixes file against this conversion's keys and global indices (the unfixed
+    plan's: train, then val, then test)."""
+    if not args.label_fixes:
+        return None
+    keys, base = {}, 0
+    for split in shard_sources.SPLITS:
+        for i, rec in enumerate(src.splits.get(split, [])):
+            keys[rec[0]] = base + i
+        base += len(src.splits.get(split, []))
+    return label_fixes.read_fixes(args.label_fixes, keys, base, src.classes)
+
+
+def fingerprint(p: Plan, args, fixes) -> str:
+    """SHA-256 of what decides the output bytes: the options (not --workers, --part, --merge)
+    and, per record, split, index, key, labels, source and the file's size. Sizes, not
+    contents: a stat per file is cheap at 10^6 files, reading them is the conversion itself."""
+    h = hashlib.sha256(json.dumps(card_options(args, for_fingerprint=True), sort_keys=True).encode())
+    h.update((fixes.sha256 if fixes else "").encode())
+    for split, (recs, index) in p.splits.items():
+        for (key, label, clean, source), g in zip(recs, index.tolist()):
+            if isinstance(source, np.ndarray):
+                size = hashlib.sha256(source.tobytes()).hexdigest()
+            else:
+                try:
+                    size = os.stat(source).st_size
+                except OSError:
+                    size = -1                       # unreadable: a skip, decided in the worker
+            h.update(f"{split}\t{g}\t{key}\t{label}\t{clean}\t{source if isinstance(source, str) else ''}\t{size}\n".encode())
+    return h.hexdigest()
+
+
+def part_of(j: int, n: int) -> int:
+    """Shard j (in plan order: train, val, test) belongs to part j % N + 1: every part gets
+    a share of each split, and the assignment is a function of the plan alone."""
+    return j % n + 1
+
+
+# ---------------------------------------------------------------------------- progress
+
+class Progress:
+    """NAME.partial/ in --out: plan.json (the fingerprint) and shards/FILE.json, one record
+    per finished shard. A shard is complete when its record exists and its tar and .idx carry
+    their final names and agree with the record (write_tar renames the tar after the .idx is
+    in place; the record follows the rename), so a SIGKILL at any moment costs at most the
+    shards being written. Removed once the card is written."""
+
+    def __init__(self, out: Path, name: str):
+        self.out, self.name = out, name
+        self.dir = out / f"{name}.partial"
+
+    def open(self, fp: str, must_exist: bool) -> bool:
+        """True when resuming. Refuses (DataError) another conversion's unfinished output."""
+        plan_file = self.dir / "plan.json"
+        if plan_file.exists():
+            try:
+                old = json.loads(plan_file.read_text()).get("fingerprint")
+            except (OSError, ValueError, AttributeError):
+                old = None
+            if old != fp:
+                raise DataError(f"{self.dir} holds an unfinished conversion of other inputs or options: "
+                                "rerun that command to finish it, or delete the folder to start over")
+            return True
+        if must_exist:
+            raise DataError(f"--merge: nothing to merge in {self.out} (no {self.dir.name}/: run the --part commands first)")
+        (self.dir / "shards").mkdir(parents=True, exist_ok=True)
+        write_json_atomic(plan_file, {"fingerprint": fp})
+        return False
+
+    def done_shard(self, job: dict) -> dict | None:
+        """The shard's record when the shard is complete, else None."""
+        try:
+            rec = json.loads((self.dir / "shards" / f"{job['file']}.json").read_text())
+            with open((self.out / job["file"]).with_suffix(".idx"), encoding="utf-8") as f:
+                head, line = f.readline().split(), f.readline()
+        except (OSError, ValueError):
+            return None
+        tar = self.out / job["file"]
+        ok = (rec.get("file") == job["file"] and tar.exists() and head == ["v1.2", str(rec.get("count"))]
+              and (rec["count"] == 0 or line.split(" ")[3:4] == [f"{rec.get('first')}.{line.split(' ')[0]}"]))
+        return rec if ok else None
+
+    def write_part(self, part: int, n: int, recs: list[dict]) -> Path:
+        path = self.dir / f"part-{part}-of-{n}.json"
+        write_json_atomic(path, {"part": part, "of": n, "shards": [
+            {k: r[k] for k in ("file", "split", "count")} | {"skipped": len(r["skipped"])} for r in recs]})
+        return path
+
+    def parts_of(self) -> int | None:
+        """N of the part-I-of-N.json records present (to name the parts of missing shards)."""
+        ns = {int(m.group(1)) for p in self.dir.glob("part-*-of-*.json")
+              if (m := re.fullmatch(r"part-\d+-of-(\d+)\.json", p.name))}
+        return ns.pop() if len(ns) == 1 else None
+
+    def remove(self) -> None:
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def run_jobs(p: Plan, todo: list[dict], args, work: Path, done: int = 0) -> list[dict]:
+    """Write the shards of `todo`; at most 2 per worker in flight, so the records of one shard
+    exist only while it is written (no per-sample objects for the whole plan)."""
+    bar = tqdm(total=sum(j["stop"] - j["start"] for j in p.jobs), initial=done, unit="img", desc="shards",
+               disable=None)
     results = []
-    pool = ProcessPoolExecutor(workers) if workers > 1 else None
+
+    def job(j):
+        return {"split": j["split"], "file": j["file"], "out": str(args.out), "work": str(work),
+                "resize": args.resize, "quality": args.quality, "records": job_records(p, j)}
+    pool = ProcessPoolExecutor(args.workers) if args.workers > 1 else None
     try:
-        for res in (pool.map(write_shard, jobs) if pool else map(write_shard, jobs)):
-            results.append(res)
-            bar.update(res["count"] + len(res["skipped"]))
+        if pool is None:
+            for j in todo:
+                results.append(write_shard(job(j)))
+                bar.update(j["stop"] - j["start"])
+        else:
+            pending, queue = collections.deque(), iter(todo)
+            for j in queue:
+                pending.append((j, pool.submit(write_shard, job(j))))
+                while len(pending) >= 2 * args.workers or (pending and len(pending) == len(todo) - len(results)):
+                    first, fut = pending.popleft()
+                    results.append(fut.result())
+                    bar.update(first["stop"] - first["start"])
     finally:   # on an error too: no worker may go on writing shards after main() returns
         if pool:
             pool.shutdown(cancel_futures=True)
@@ -148,12 +319,46 @@ def drop_empty_shards(results: list[dict], out: Path) -> list[dict]:
                 os.replace(out / r["file"], out / new)
                 os.replace((out / r["file"]).with_suffix(".idx"), (out / new).with_suffix(".idx"))
                 r["file"] = new
-                for row in r["rows"]:
-                    row["shard"] = new
     return [r for r in results if r["count"]]
 
 
-def write_outputs(src, results: list[dict], args) -> dict:
+MANIFEST_SCHEMA = pa.schema([
+    ("key", pa.string()), ("split", pa.string()), ("shard", pa.string()), ("index", pa.int64()),
+    ("label", pa.int64()), ("clean_label", pa.int64()), ("source", pa.string())])
+
+
+def manifest(p: Plan, results: list[dict]) -> pa.Table:
+    """One row per written sample, built shard by shard into Arrow arrays (columnar: ~100
+    bytes a sample, where a dict per row cost ~1 KB), from the plan minus each shard's skips."""
+    chunks = {f.name: [] for f in MANIFEST_SCHEMA}
+    for r in results:
+        recs, index = p.splits[r["split"]]
+        pos = np.arange(r["start"], r["stop"])
+        if r["skipped_index"]:
+            pos = pos[~np.isin(index[pos], r["skipped_index"])]
+        rows = [recs[i] for i in pos.tolist()]
+        chunks["key"].append(pa.array([x[0] for x in rows], pa.string()))
+        chunks["split"].append(pa.array([r["split"]] * len(rows), pa.string()))
+        chunks["shard"].append(pa.array([r["file"]] * len(rows), pa.string()))
+        chunks["index"].append(pa.array(index[pos], pa.int64()))
+        chunks["label"].append(pa.array([x[1] for x in rows], pa.int64()))
+        chunks["clean_label"].append(pa.array([x[2] for x in rows], pa.int64()))
+        chunks["source"].append(pa.array([x[3] if isinstance(x[3], str) else "" for x in rows], pa.string()))
+    return pa.table({f.name: pa.concat_arrays(chunks[f.name]) if chunks[f.name] else pa.array([], f.type)
+                     for f in MANIFEST_SCHEMA}, schema=MANIFEST_SCHEMA)
+
+
+def card_options(args, for_fingerprint: bool = False) -> dict:
+    """The options written to the card: --part and --merge are how the work was spread, not
+    what it made (a merged card equals a one-machine card); --label-fixes only when given,
+    so cards of conversions without it keep their bytes."""
+    skip = {"part", "merge"} | ({"workers"} if for_fingerprint else set())
+    if not args.label_fixes:
+        skip.add("label_fixes")
+    return {k: str(v) for k, v in sorted(vars(args).items()) if k not in skip}
+
+
+def write_outputs(src, p: Plan, results: list[dict], args, fixes=None) -> dict:
     skipped = src.skipped + [s for r in results for s in r["skipped"]]
     results = drop_empty_shards(results, args.out)
     if not results:
@@ -166,14 +371,12 @@ def write_outputs(src, results: list[dict], args) -> dict:
         sp["count"] += r["count"]
     card = {"name": args.name, "format": args.format, "classes": src.classes, "channels": src.channels,
             "augment": src.augment, "normalize": src.normalize, "splits": splits,
-            "num_indices": sum(len(v) for v in src.splits.values()),
-            "skipped": skipped, "options": {k: str(v) for k, v in sorted(vars(args).items())}}
-    rows = [row for r in results for row in r["rows"]]
-    table = pa.Table.from_pylist(rows, schema=pa.schema([
-        ("key", pa.string()), ("split", pa.string()), ("shard", pa.string()), ("index", pa.int64()),
-        ("label", pa.int64()), ("clean_label", pa.int64()), ("source", pa.string())]))
+            "num_indices": p.num_indices, "skipped": skipped, "options": card_options(args)}
+    if fixes is not None:
+        card["label_fixes"] = {"file": str(args.label_fixes), "sha256": fixes.sha256,
+                               "relabelled": fixes.n_relabelled, "dropped": fixes.n_dropped, "kept": fixes.n_kept}
     tmp = args.out / f"{args.name}.parquet.tmp"
-    pq.write_table(table, tmp)
+    pq.write_table(manifest(p, results), tmp)
     os.replace(tmp, args.out / f"{args.name}.parquet")
     tmp = args.out / f"{args.name}.json.tmp"
     tmp.write_text(json.dumps(card, indent=1) + "\n")
@@ -241,6 +444,14 @@ def parse_args(argv=None):
     p.add_argument("--recipe", default="", choices=["", *shard_sources.RECIPES],
                    help="training recipe written to the card instead of the format's default "
                         "(cifar: 32x32, pad 4 + random 32 crop, flip)")
+    p.add_argument("--label-fixes", type=Path, default=None,
+                   help="a reviewer's fixes (review page CSV, key/index,label table, Label Studio export): "
+                        "relabelled samples get the new label, dropped ones are left out")
+    spread = p.add_mutually_exclusive_group()
+    spread.add_argument("--part", default=None, metavar="I/N",
+                        help="write only part I of N of the shards (no card); then run --merge")
+    spread.add_argument("--merge", action="store_true",
+                        help="check that every --part finished and write the card and manifest")
     args = p.parse_args(argv)
     args.name = args.name or args.format
     for flag, v, lo in (("--shard-size", args.shard_size, 1), ("--workers", args.workers, 1), ("--quality", args.quality, 1),
@@ -251,24 +462,71 @@ def parse_args(argv=None):
         p.error("--val-fraction must lie in [0, 1)")
     if "." in args.name or "/" in args.name:
         p.error("--name must not contain '.' or '/'")
+    if args.part is not None:
+        m = re.fullmatch(r"([0-9]+)/([0-9]+)", args.part)
+        if not m or not 1 <= int(m.group(1)) <= int(m.group(2)):
+            p.error(f"--part must be I/N with 1 <= I <= N, got {args.part!r}")
+        args.part = (int(m.group(1)), int(m.group(2)))
     return args
+
+
+def convert(args) -> tuple[dict | None, list[str]]:
+    """(card, stale files removed); card None after a --part run."""
+    src = load_source(args)
+    for note in src.notes:
+        print(f"make_shards: note: {note}", file=sys.stderr)
+    fixes = read_label_fixes(src, args)
+    p = plan(src, args, fixes)
+    args.out.mkdir(parents=True, exist_ok=True)
+    progress = Progress(args.out, args.name)
+    resuming = progress.open(fingerprint(p, args, fixes), must_exist=args.merge)
+    mine = [j for n, j in enumerate(p.jobs) if not args.part or part_of(n, args.part[1]) == args.part[0]]
+    done = {j["file"]: rec for j in mine if resuming and (rec := progress.done_shard(j))}
+    if args.merge:
+        check_merge(p, done, progress)
+    elif done:
+        print(f"make_shards: resuming: {len(done)} of {len(mine)} shard(s) already complete", file=sys.stderr)
+    todo = [j for j in mine if j["file"] not in done]
+    written = {r["file"]: r for r in run_jobs(p, todo, args, progress.dir, sum(j["stop"] - j["start"] for j in p.jobs
+                                                                            if j["file"] in done))}
+    results = [{**j, **(done.get(j["file"]) or written[j["file"]])} for j in mine]
+    if args.part:
+        path = progress.write_part(*args.part, results)
+        print(f"wrote part {args.part[0]}/{args.part[1]} ({len(results)} shard(s), record {path}); "
+              "run the same command with --merge instead of --part once every part is done")
+        return None, []
+    card = write_outputs(src, p, results, args, fixes)
+    stale = remove_stale_shards(args.out, args.name, card)
+    progress.remove()            # after the card: a kill before this resumes to the same bytes
+    return card, stale
+
+
+def check_merge(p: Plan, done: dict, progress: Progress) -> None:
+    missing = [(n, j["file"]) for n, j in enumerate(p.jobs) if j["file"] not in done]
+    if not missing:
+        return
+    n_parts = progress.parts_of()
+    parts = sorted({part_of(n, n_parts) for n, _ in missing}) if n_parts else []
+    which = f"part(s) {', '.join(f'{i}/{n_parts}' for i in parts)} not complete: " if parts else ""
+    names = ", ".join(f for _, f in missing[:5]) + (" ..." if len(missing) > 5 else "")
+    raise DataError(f"--merge: {which}{len(missing)} of {len(p.jobs)} shard(s) missing or incomplete ({names}); "
+                    "rerun those --part commands")
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
     try:
-        src = load_source(args)
-        for note in src.notes:
-            print(f"make_shards: note: {note}", file=sys.stderr)
-        args.out.mkdir(parents=True, exist_ok=True)
-        results = run_jobs(plan(src, args), args.workers)
-        card = write_outputs(src, results, args)
-        stale = remove_stale_shards(args.out, args.name, card)
+        card, stale = convert(args)
     except (DataError, OSError) as e:
         print(f"make_shards: error: {e}", file=sys.stderr)
         return 2
+    if card is None:
+        return 0
     counts = ", ".join(f"{k} {v['count']}" for k, v in card["splits"].items())
     print(f"wrote {args.out}/{args.name}.json: {counts}; skipped {len(card['skipped'])}")
+    if "label_fixes" in card:
+        f = card["label_fixes"]
+        print(f"label fixes from {f['file']}: {f['relabelled']} relabelled, {f['dropped']} dropped")
     if stale:
         tars = [f for f in stale if f.endswith(".tar")]
         print(f"make_shards: removed {len(tars)} shard(s) of an older conversion that the new card does not "
