@@ -29,8 +29,9 @@ class AugSpec:
     channels: int = 3               # 1 = grayscale ("L"), 3 = RGB
 
 
-def spec_from_card(card: dict, size: int = 0) -> AugSpec:
-    """The dataset's recipe from its card; `size` (the --image-size flag) overrides."""
+def spec_from_card(card: dict, size: int = 0, override: str = "") -> AugSpec:
+    """The dataset's recipe from its card; `size` (the --image-size flag) and `override`
+    (the --augment flag, see train_crop_override) change it."""
     aug = dict(card.get("augment", {}))
     for key in ("scale", "ratio"):
         if key in aug:
@@ -39,7 +40,22 @@ def spec_from_card(card: dict, size: int = 0) -> AugSpec:
     if size and size != spec.size:
         resize = round(spec.resize * size / spec.size) if spec.resize else 0
         spec = AugSpec(**{**spec.__dict__, "size": size, "resize": resize})
-    return spec
+    return train_crop_override(spec, override)
+
+
+def train_crop_override(spec: AugSpec, override: str) -> AugSpec:
+    """--augment: "" or "card" keeps the card's train crop; "none" turns it off; "pad:N" pads
+    every side by N pixels (zeros) and takes a random `size` crop, i.e. a random translation of
+    up to N pixels each way: the light digits augmentation that makes memorizing noisy labels
+    harder (RESULTS.md, "Tuning"). Eval transforms are never changed."""
+    if override in ("", "card"):
+        return spec
+    if override == "none":
+        return AugSpec(**{**spec.__dict__, "crop": "none"})
+    kind, _, arg = override.partition(":")
+    if kind == "pad" and arg.isdigit():
+        return AugSpec(**{**spec.__dict__, "crop": "pad_random", "pad": int(arg), "resize": 0})
+    raise ValueError(f"--augment {override!r}: expected card, none or pad:N (N pixels)")
 
 
 def random_resized_box(w: int, h: int, spec: AugSpec, rng: random.Random) -> tuple[int, int, int, int]:

@@ -54,6 +54,8 @@ class Config:
     transition: str = opt("", "FW: KxK transition matrix file (default: estimated from --init-from's predictions)")
     init_from: str = opt("", "run folder or checkpoint of a CE run (+init)")
     init_target: str = opt("predictor", "what --init-from initializes", choices=["predictor", "classifier", "both"])
+    recipe: str = opt("auto", "auto: --method limit sets the flags it leaves at their defaults to its 60-epoch recipe (train/objectives.py LIMIT_RECIPE: --batch-size 64, --model-ema, the BN predictor for mnist_cnn, --augment pad:2 on digits; RESULTS.md 'Tuning'); none: the flags as given", choices=["auto", "none"])
+    augment: str = opt("card", "train augmentation: the dataset card's recipe, none, or pad:N (pad N px, random crop back: a random translation of up to N px)", choices=["card", "none", "pad:1", "pad:2", "pad:3", "pad:4"])
     # optimization
     epochs: int = opt(10, "passes over the train split")
     patience: int = opt(0, "early stopping: end when validation has not improved for this many epochs (0: off)")

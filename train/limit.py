@@ -22,7 +22,7 @@ from pipeline import loader as data  # noqa: E402
 from pipeline.shards import DataError, Part, absolute_specs  # noqa: E402
 from train import checkpoint, config, runfolder, setup  # noqa: E402
 from train.loop import Diverged, Run, fit, stop_on_interrupt  # noqa: E402
-from train.objectives import REGISTRY, make_objective  # noqa: E402
+from train.objectives import REGISTRY, apply_recipe, make_objective  # noqa: E402
 from train.fano import run_summary  # noqa: E402
 from train.report import write_curves  # noqa: E402
 
@@ -67,7 +67,8 @@ def train(cfg, acc, out: Path) -> int:
     setup.seed_everything(cfg.seed)
     # ---- data ----
     ds = data.resolve(cfg.data, cfg.val_data, cfg.test_data, cfg.trust_urls)
-    aug = data.spec_from_card(ds.card, cfg.image_size)
+    recipe = apply_recipe(cfg, ds.card, config.Config())    # --recipe auto (RESULTS.md, "Tuning")
+    aug = data.spec_from_card(ds.card, cfg.image_size, cfg.augment)
     part = Part(acc.process_index, acc.num_processes)
     backend, backend_note = data.choose_backend(cfg.backend)
     keep = data.subset_mask(ds, cfg.max_train_samples, cfg.seed)
@@ -104,7 +105,8 @@ def train(cfg, acc, out: Path) -> int:
                       f"{fixes.n_kept} confirmed")
         acc.print(f"{cfg.method} on {len(ds.classes)} classes, {n_train} train samples, "
                   f"{steps} steps/epoch, backend {backend_note}, device {acc.device}, "
-                  f"precision {acc.mixed_precision}" + (f"; init {init_note}" if init_note else ""))
+                  f"precision {acc.mixed_precision}" + (f"; init {init_note}" if init_note else "")
+                  + (f"; --recipe auto set {({k: v[1] for k, v in recipe.items()})}" if recipe else ""))
     if cfg.log_with:
         acc.init_trackers("limit", config={k: str(v) for k, v in vars(cfg).items()})
     norm = (tuple(ds.card["normalize"]["mean"]), tuple(ds.card["normalize"]["std"]))
