@@ -270,7 +270,20 @@ class Progress:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
-def run_jobs(p: Plan, todo: list[dict], args, work: Path, done: int = 0) -> list[dict]:
+def start_workers(workers: int) -> ProcessPoolExecutor | None:
+    """The worker processes, started before the source is read: forked from a small parent,
+    they do not carry the whole record list (copy-on-write pages get copied as soon as the
+    garbage collector touches them), so a worker's memory does not grow with the dataset."""
+    if workers < 2:
+        return None
+    pool = ProcessPoolExecutor(workers)
+    for f in [pool.submit(os.getpid) for _ in range(workers)]:   # one submit per idle-less worker
+        f.result()
+    return pool
+
+
+def run_jobs(p: Plan, todo: list[dict], args, work: Path, pool: ProcessPoolExecutor | None,
+             done: int = 0) -> list[dict]:
     """Write the shards of `todo`; at most 2 per worker in flight, so the records of one shard
     exist only while it is written (no per-sample objects for the whole plan)."""
     bar = tqdm(total=sum(j["stop"] - j["start"] for j in p.jobs), initial=done, unit="img", desc="shards",
@@ -280,23 +293,20 @@ def run_jobs(p: Plan, todo: list[dict], args, work: Path, done: int = 0) -> list
     def job(j):
         return {"split": j["split"], "file": j["file"], "out": str(args.out), "work": str(work),
                 "resize": args.resize, "quality": args.quality, "records": job_records(p, j)}
-    pool = ProcessPoolExecutor(args.workers) if args.workers > 1 else None
     try:
         if pool is None:
             for j in todo:
                 results.append(write_shard(job(j)))
                 bar.update(j["stop"] - j["start"])
         else:
-            pending, queue = collections.deque(), iter(todo)
-            for j in queue:
+            pending = collections.deque()
+            for j in todo:
                 pending.append((j, pool.submit(write_shard, job(j))))
                 while len(pending) >= 2 * args.workers or (pending and len(pending) == len(todo) - len(results)):
                     first, fut = pending.popleft()
                     results.append(fut.result())
                     bar.update(first["stop"] - first["start"])
-    finally:   # on an error too: no worker may go on writing shards after main() returns
-        if pool:
-            pool.shutdown(cancel_futures=True)
+    finally:
         bar.close()
     return results
 
@@ -337,15 +347,18 @@ def manifest(p: Plan, results: list[dict]) -> pa.Table:
         if r["skipped_index"]:
             pos = pos[~np.isin(index[pos], r["skipped_index"])]
         rows = [recs[i] for i in pos.tolist()]
+        n = len(rows)
         chunks["key"].append(pa.array([x[0] for x in rows], pa.string()))
-        chunks["split"].append(pa.array([r["split"]] * len(rows), pa.string()))
-        chunks["shard"].append(pa.array([r["file"]] * len(rows), pa.string()))
+        chunks["split"].append(pa.repeat(pa.scalar(r["split"], pa.string()), n))
+        chunks["shard"].append(pa.repeat(pa.scalar(r["file"], pa.string()), n))
         chunks["index"].append(pa.array(index[pos], pa.int64()))
         chunks["label"].append(pa.array([x[1] for x in rows], pa.int64()))
         chunks["clean_label"].append(pa.array([x[2] for x in rows], pa.int64()))
         chunks["source"].append(pa.array([x[3] if isinstance(x[3], str) else "" for x in rows], pa.string()))
-    return pa.table({f.name: pa.concat_arrays(chunks[f.name]) if chunks[f.name] else pa.array([], f.type)
-                     for f in MANIFEST_SCHEMA}, schema=MANIFEST_SCHEMA)
+    # one contiguous array per column: Parquet pages follow the chunks, so chunked columns
+    # would change the bytes of the manifest
+    return pa.table({f.name: pa.chunked_array(chunks[f.name], f.type).combine_chunks() for f in MANIFEST_SCHEMA},
+                    schema=MANIFEST_SCHEMA)
 
 
 def card_options(args, for_fingerprint: bool = False) -> dict:
@@ -472,6 +485,15 @@ def parse_args(argv=None):
 
 def convert(args) -> tuple[dict | None, list[str]]:
     """(card, stale files removed); card None after a --part run."""
+    pool = start_workers(args.workers)
+    try:
+        return convert_with(args, pool)
+    finally:   # on an error too: no worker may go on writing shards after main() returns
+        if pool:
+            pool.shutdown(cancel_futures=True)
+
+
+def convert_with(args, pool) -> tuple[dict | None, list[str]]:
     src = load_source(args)
     for note in src.notes:
         print(f"make_shards: note: {note}", file=sys.stderr)
@@ -487,8 +509,8 @@ def convert(args) -> tuple[dict | None, list[str]]:
     elif done:
         print(f"make_shards: resuming: {len(done)} of {len(mine)} shard(s) already complete", file=sys.stderr)
     todo = [j for j in mine if j["file"] not in done]
-    written = {r["file"]: r for r in run_jobs(p, todo, args, progress.dir, sum(j["stop"] - j["start"] for j in p.jobs
-                                                                            if j["file"] in done))}
+    n_done = sum(j["stop"] - j["start"] for j in p.jobs if j["file"] in done)
+    written = {r["file"]: r for r in run_jobs(p, todo, args, progress.dir, pool, n_done)}
     results = [{**j, **(done.get(j["file"]) or written[j["file"]])} for j in mine]
     if args.part:
         path = progress.write_part(*args.part, results)
