@@ -127,17 +127,23 @@ def facts_for(url: str) -> tuple[CardFacts | None, str]:
     return card_facts(card), card
 
 
-def read_tars(urls, skips: list):
+def read_tars(urls, skips: list, wanted: dict | None = None):
     """Tar members -> sample dicts {"__key__", "__url__", ext: bytes}, grouped by key.
     A cut-off, vanished or emptied tar ends its shard with one skip record (key "") saying
     how many samples it gave of those its card lists: an error inside a member, or a clean
-    end short of the card's count (a cut between members leaves no error to catch)."""
+    end short of the card's count (a cut between members leaves no error to catch).
+    `wanted` ({shard name: keys}, pipeline.selection): only those samples are read, the
+    other members of a local shard are seeked past; a shard with none is not opened."""
     for url in urls:
-        count, expected = 0, expected_count(url)
+        keys = None if wanted is None else wanted.get(shards.shard_name(url), frozenset())
+        if keys is not None and not keys:
+            continue
+        count, expected = 0, expected_count(url) if keys is None else len(keys)
         of = f" of {expected}" if expected is not None else ""
+        want = None if keys is None else (lambda name, keys=keys: records.split_member(name)[0] in keys)
         try:
-            with gopen(url, "rb") as stream:
-                for sample in _group(iter_tar(stream), url, skips):
+            with _open(url, seekable=keys is not None) as stream:
+                for sample in _group(iter_tar(stream, want), url, skips):
                     count += 1
                     yield sample
         except DATA_ERRORS as e:
@@ -145,6 +151,15 @@ def read_tars(urls, skips: list):
             continue
         if expected is not None and count < expected:
             skips.append((url, "", f"cut-off tar after {count} samples{of}: it ends early"))
+
+
+def _open(url: str, seekable: bool):
+    """A local shard unbuffered when members will be seeked past: a buffered file refills
+    8 KB after every seek, most of a small skipped member (a 12 KB PNG cost 8 KB anyway);
+    reading through, and pipe: and remote URLs, go through webdataset's gopen."""
+    if seekable and not shards.has_scheme(url):
+        return open(shards.shard_path(url), "rb", buffering=0)
+    return gopen(url, "rb")
 
 
 def _group(members, url, skips):
@@ -307,16 +322,16 @@ class ShardStream(IterableDataset):
     `skip[w]` batches of worker w are passed over undecoded (resuming inside an epoch)."""
 
     def __init__(self, urls, spec: ReadSpec, n_classes: int, epoch: int, rank: int = 0,
-                 keep: np.ndarray | None = None, skip: dict | None = None):
+                 keep: np.ndarray | None = None, skip: dict | None = None, wanted: dict | None = None):
         self.urls, self.spec, self.n_classes = urls, spec, n_classes
-        self.epoch, self.rank, self.keep, self.skip = epoch, rank, keep, skip or {}
+        self.epoch, self.rank, self.keep, self.skip, self.wanted = epoch, rank, keep, skip or {}, wanted
 
     def __iter__(self):
         info = get_worker_info()
         worker, workers = (info.id, info.num_workers) if info else (0, 1)
         rng = random.Random(f"{self.spec.seed}-{self.epoch}-{self.rank}-{worker}")
         skips: list = []
-        items = read_tars(for_worker(self.urls, worker, workers), skips)
+        items = read_tars(for_worker(self.urls, worker, workers), skips, self.wanted)
         items = parse(items, skips, self.n_classes, self.keep)
         if self.spec.train:
             items = shuffle(items, self.spec.shuffle_buffer, rng)
@@ -328,9 +343,9 @@ class ShardStream(IterableDataset):
 
 
 def cpu_batches(urls, spec: ReadSpec, n_classes: int, epoch: int, workers: int, rank: int = 0,
-                keep=None, skip: dict | None = None):
+                keep=None, skip: dict | None = None, wanted: dict | None = None):
     """Iterate (images, labels, clean, index, skipped, worker, n) tuples for one epoch."""
-    ds = ShardStream(urls, spec, n_classes, epoch, rank, keep, skip)
+    ds = ShardStream(urls, spec, n_classes, epoch, rank, keep, skip, wanted)
     loader = DataLoader(ds, batch_size=None, num_workers=workers,
                         pin_memory=torch.cuda.is_available(),
                         prefetch_factor=4 if workers else None,

@@ -17,6 +17,7 @@ from pipeline.augment import AugSpec, spec_from_card  # noqa: F401  (re-exported
 from pipeline.batch import Batch
 from pipeline.cpu import ReadSpec, cpu_batches
 from pipeline.noise import FixedLabels, NoiseTable, parse_noise, transition_matrix
+from pipeline.selection import Balanced, Selection, Subset, TrainRows
 from pipeline.shards import DataError, Part
 
 
@@ -84,68 +85,37 @@ def choose_backend(name: str) -> tuple[str, str]:
     return name, name
 
 
+def selection(ds: Dataset, n: int = 0, balance: int = 0, seed: int = 0, noise=None, drop=()) -> Selection:
+    """The train samples each epoch reads (pipeline/selection.py): all, a seeded subset of n
+    (--max-train-samples), less a reviewer's drops (--label-fixes), class-balanced draws of
+    `balance` a epoch from the given labels (`noise`: the run's, fixes included)."""
+    if not (n or balance or drop):
+        return Selection()
+    rows = TrainRows.read(ds.card_path.with_suffix(".parquet"))
+    total = ds.card["num_indices"]
+    mask = Subset(rows, total, n, seed).mask(0) if n else None
+    if drop:
+        if mask is None:
+            mask = np.zeros(total, dtype=bool)
+            mask[rows.index] = True
+        mask = mask.copy()
+        mask[np.fromiter(drop, dtype=np.int64)] = False
+    if balance:
+        return Balanced(rows, total, len(ds.classes), balance, seed, noise, within=mask)
+    return Subset(rows, total, 0, 0, fixed=mask)
+
+
 def subset_mask(ds: Dataset, n: int, seed: int) -> np.ndarray | None:
     """A seeded choice of n train samples (by global index, from the manifest), so the same
-    subset is read by every backend, rank and resume."""
-    if not n:
-        return None
-    manifest = ds.card_path.with_suffix(".parquet")
-    t = pq.read_table(manifest, columns=["split", "index"]).to_pydict()
-    train_idx = np.array([i for s, i in zip(t["split"], t["index"]) if s == "train"])
-    if n > len(train_idx):
-        raise DataError(f"--max-train-samples {n} exceeds the {len(train_idx)} train samples")
-    keep = np.zeros(ds.card["num_indices"], dtype=bool)
-    keep[np.random.default_rng(seed).choice(train_idx, n, replace=False)] = True
-    return keep
+    subset is read by every backend, rank and resume; None for n = 0."""
+    return selection(ds, n, seed=seed).mask(0) if n else None
 
 
-def shard_sizes(ds: Dataset, keep: np.ndarray | None) -> dict[str, int]:
-    """Samples per shard file name that a reader will yield (the subset counted in)."""
-    if keep is None:
-        return shards.shard_counts(ds.card)
-    t = pq.read_table(ds.card_path.with_suffix(".parquet"), columns=["split", "shard", "index"]).to_pydict()
-    sizes = dict.fromkeys(shards.shard_counts(ds.card), 0)
-    for split, shard, index in zip(t["split"], t["shard"], t["index"]):
-        sizes[shard] += split != "train" or bool(keep[index])     # the subset is of train only
-    return sizes
-
-
-class Balanced:
-    """--balance N: each epoch, N train samples drawn class-balanced from the *given* labels
-    (N/K per class without replacement; a class with fewer samples gives all it has), as the
-    DivideMix and ELR Clothing1M recipes do. A function of (seed, epoch) only, so DDP ranks
-    and resumed runs agree. Callable like a subset mask: epoch -> bool mask over indices.
-    (Every shard is still read, headers only for the samples left out.)"""
-
-    def __init__(self, ds: Dataset, n: int, seed: int, noise: NoiseTable, keep: np.ndarray | None):
-        t = pq.read_table(ds.card_path.with_suffix(".parquet"), columns=["split", "shard", "index", "label"])
-        t = t.filter(pa.compute.equal(t["split"], "train")).to_pydict()
-        index = np.array(t["index"], dtype=np.int64)
-        given = noise.apply(torch.as_tensor(t["label"]), torch.as_tensor(index)).numpy()
-        use = keep[index] if keep is not None else np.ones(len(index), dtype=bool)
-        k = len(ds.classes)
-        self.by_class = [index[use & (given == c)] for c in range(k)]
-        self.per_class, self.seed, self.n_total = max(1, n // k), seed, ds.card["num_indices"]
-        self.shard_of = dict(zip(t["index"], t["shard"]))
-        self._cache: tuple = (None, None)
-
-    def __call__(self, epoch: int) -> np.ndarray:
-        if self._cache[0] != epoch:
-            rng = np.random.default_rng([self.seed, epoch])
-            mask = np.zeros(self.n_total, dtype=bool)
-            for members in self.by_class:
-                mask[rng.choice(members, min(self.per_class, len(members)), replace=False)] = True
-            self._cache = (epoch, mask)
-        return self._cache[1]
-
-    def count(self, epoch: int = 0) -> int:
-        return int(self(epoch).sum())
-
-    def sizes(self, epoch: int) -> dict[str, int]:
-        sizes: dict[str, int] = {}
-        for i in np.flatnonzero(self(epoch)).tolist():
-            sizes[self.shard_of[i]] = sizes.get(self.shard_of[i], 0) + 1
-        return sizes
+def _as_selection(keep, ds: Dataset) -> Selection:
+    """A Selection from what callers hold: one, a fixed mask (subset_mask's), or None."""
+    if keep is None or isinstance(keep, Selection):
+        return keep or Selection()
+    return Subset(TrainRows.read(ds.card_path.with_suffix(".parquet")), len(keep), 0, 0, fixed=keep)
 
 
 def worker_batches(n: int, batch_size: int) -> int:
@@ -176,30 +146,15 @@ def _manifest_keys(ds: Dataset) -> dict[str, int]:
     return dict(zip(t.column("key").to_pylist(), t.column("index").to_pylist()))
 
 
-def without(ds: Dataset, keep: np.ndarray | None, drop) -> np.ndarray | None:
-    """The train mask (subset_mask's; None: the whole train split) less the dropped indices."""
-    if not drop:
-        return keep
-    if keep is None:
-        t = pq.read_table(ds.card_path.with_suffix(".parquet"), columns=["split", "index"])
-        t = t.filter(pa.compute.equal(t["split"], "train"))
-        keep = np.zeros(ds.card["num_indices"], dtype=bool)
-        keep[t.column("index").to_numpy()] = True
-    else:
-        keep = keep.copy()
-    keep[np.fromiter(drop, dtype=np.int64)] = False
-    return keep
-
-
 class Loader:
     """Batches of one split for one epoch. Noise goes on train and val, never on test."""
 
     def __init__(self, urls: list[str], spec: ReadSpec, n_classes: int, *, workers: int,
-                 noise: NoiseTable | None, keep: np.ndarray | None = None, part: Part = Part(),
+                 noise: NoiseTable | None, select: Selection | None = None, part: Part = Part(),
                  backend: str = "cpu", sizes: dict[str, int] | None = None, cache: bool = False):
         self.urls, self.spec, self.n_classes, self.workers = urls, spec, n_classes, workers
-        self.noise, self.keep, self.part, self.backend = noise, keep, part, backend
-        self.sizes = sizes or {}
+        self.noise, self.select, self.part, self.backend = noise, select or Selection(), part, backend
+        self.card_sizes = sizes or {}               # the card's samples per shard
         self._dali = None
         # an eval split has no augmentation and a fixed order: with `cache`, its decoded batches
         # from the first full pass are replayed in later epochs (small sets: decoding, not the
@@ -210,16 +165,18 @@ class Loader:
         """The same samples and given labels with eval transforms, in order (scoring a split,
         estimating FW's transition matrix)."""
         return Loader(self.urls, replace(self.spec, train=False), self.n_classes, workers=self.workers,
-                      noise=self.noise, keep=self.keep, part=self.part, backend=self.backend, sizes=self.sizes)
+                      noise=self.noise, select=self.select, part=self.part, backend=self.backend,
+                      sizes=self.card_sizes)
 
     def expected(self, epoch: int) -> int:
         """Samples of this split all ranks together should read this epoch (from the card,
         the subset or the balanced draw): what --max-skip-frac measures losses against."""
-        sizes = self.keep.sizes(epoch) if callable(self.keep) else self.sizes
+        sizes = self.sizes(epoch)
         return sum(sizes.get(shards.shard_name(u), 0) for u in self.urls)
 
-    def keep_at(self, epoch: int) -> np.ndarray | None:
-        return self.keep(epoch) if callable(self.keep) else self.keep
+    def sizes(self, epoch: int) -> dict[str, int]:
+        """Samples per shard name a reader yields this epoch: the selection's, or the card's."""
+        return self.select.sizes(epoch) or self.card_sizes
 
     def shard_order(self, epoch: int) -> list[str]:
         """The order the shards are split over ranks in. The CPU backend re-splits every epoch;
@@ -234,7 +191,7 @@ class Loader:
         the same number of DDP steps (a rank that runs dry would hang the others)."""
         order = self.shard_order(epoch)
         w = 1 if self.backend == "dali" else max(1, self.workers)   # DALI: one stream per rank
-        sizes = self.keep.sizes(epoch) if callable(self.keep) else self.sizes
+        sizes = self.sizes(epoch)
         per_rank = [sum(worker_batches(sum(sizes.get(shards.shard_name(u), 0) for u in shards.for_worker(mine, i, w)),
                                        self.spec.batch_size) for i in range(w))
                     for mine in (shards.for_rank(order, Part(r, self.part.world)) for r in range(self.part.world))]
@@ -283,12 +240,12 @@ class Loader:
             if self._dali is None:      # one pipeline for all epochs, over shard_order's split
                 from pipeline.dali import DaliStream
                 self._dali = DaliStream(mine, self.spec, self.n_classes, self.workers, self.part.rank)
-            self._dali.keep = self.keep_at(epoch)
+            self._dali.keep = self.select.mask(epoch)       # DALI reads whole shards: filtered after decode
             source = ((*b, 0, n) for n, b in enumerate(self._dali(epoch)) if n >= self.position.get(0, 0))
             streams = 1
         else:
             source = cpu_batches(mine, self.spec, self.n_classes, epoch, self.workers, self.part.rank,
-                                 self.keep_at(epoch), skip=self.position)
+                                 self.select.mask(epoch), skip=self.position, wanted=self.select.keys(epoch))
             streams = max(1, self.workers)
         for images, labels, clean, index, skipped, worker, n in round_robin(source, streams):
             given = self.noise.apply(labels, index) if self.noise is not None and len(labels) else labels
@@ -322,15 +279,15 @@ def round_robin(tagged, streams: int):
 def build_loaders(ds: Dataset, aug: AugSpec, *, batch_size: int, workers: int, seed: int,
                   noise: NoiseTable, keep, part: Part = Part(), backend: str = "cpu",
                   cache_eval: bool = False) -> dict[str, Loader]:
-    """keep: a subset mask, a Balanced sampler (a mask per epoch) or None, for train only.
+    """keep: the train Selection (selection()), a fixed subset mask or None (all).
     cache_eval: val and test keep their decoded batches in RAM after the first epoch."""
-    loaders, sizes = {}, shard_sizes(ds, None if callable(keep) else keep)
+    loaders, sizes, select = {}, shards.shard_counts(ds.card), _as_selection(keep, ds)
     for split, urls in ds.urls.items():
         train = split == "train"
         spec = ReadSpec(aug, train=train, batch_size=batch_size, seed=seed)
         loaders[split] = Loader(urls, spec, len(ds.classes), workers=workers,
                                 noise=None if split == "test" else noise,
-                                keep=keep if train else None, part=part, backend=backend, sizes=sizes,
+                                select=select if train else None, part=part, backend=backend, sizes=sizes,
                                 cache=cache_eval)
     return loaders
 

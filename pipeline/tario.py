@@ -44,10 +44,13 @@ def _pax_path(data: bytes) -> str | None:
     return None
 
 
-def iter_tar(stream):
-    """Yield (name, data) for every regular file in a tar stream. Raises EOFError when the
-    stream ends inside a member, ValueError on a header that is not tar."""
+def iter_tar(stream, want=None):
+    """Yield (name, data) for every regular file in a tar stream. `want(name) -> bool`: the
+    members it refuses are not read: a seekable stream (a local file) seeks past them, so an
+    epoch over a subset reads what it uses; any other is read through. Raises EOFError when
+    the stream ends inside a member, ValueError on a header that is not tar."""
     long_name = None
+    seek = want is not None and _seekable(stream)
     while True:
         header = stream.read(BLOCK)
         if len(header) < BLOCK or header == b"\0" * BLOCK:
@@ -61,15 +64,36 @@ def iter_tar(stream):
             name = header[:100].rstrip(b"\0").decode("utf-8", "replace")
             raise ValueError(f"tar member {name!r} declares {size} bytes, above the {MAX_MEMBER >> 20} MiB limit")
         padded = (size + BLOCK - 1) // BLOCK * BLOCK
-        body = _read(stream, padded)[:size]
         if kind in (b"L", b"x"):                  # the next member's long name
+            body = _read(stream, padded)[:size]
             long_name = body.rstrip(b"\0").decode() if kind == b"L" else _pax_path(body)
             continue
-        if kind in (b"0", b"\0", b"7"):
-            name = long_name
-            if name is None:
-                name = header[:100].rstrip(b"\0").decode()
-                prefix = header[345:500].rstrip(b"\0").decode() if header[257:262] == b"ustar" else ""
-                name = f"{prefix}/{name}" if prefix else name
-            yield name, body
+        name = long_name if long_name is not None else _header_name(header)
         long_name = None
+        regular = kind in (b"0", b"\0", b"7")
+        if not regular or (want is not None and not want(name)):
+            _pass(stream, padded, seek)
+            continue
+        yield name, _read(stream, padded)[:size]
+
+
+def _header_name(header: bytes) -> str:
+    name = header[:100].rstrip(b"\0").decode()
+    prefix = header[345:500].rstrip(b"\0").decode() if header[257:262] == b"ustar" else ""
+    return f"{prefix}/{name}" if prefix else name
+
+
+def _seekable(stream) -> bool:
+    try:
+        return stream.seekable()
+    except (AttributeError, OSError, ValueError):
+        return False
+
+
+def _pass(stream, n: int, seek: bool) -> None:
+    """Skip n bytes of member data. A seek past the end of a cut-off file is not an error
+    (the next header read finds the end); the shard's sample count says it was short."""
+    if seek:
+        stream.seek(n, 1)
+    else:
+        _read(stream, n)

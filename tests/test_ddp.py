@@ -96,7 +96,7 @@ def test_shards_through_a_pipe_url(uneven_shards):
 def test_class_balanced_resampling(uneven_shards):
     ds = data.resolve([str(uneven_shards)])
     noise = data.noise_table(ds, "uniform:0.3", "", 0)
-    bal = data.Balanced(ds, 200, seed=0, noise=noise, keep=None)
+    bal = data.selection(ds, balance=200, seed=0, noise=noise)
     per_epoch = []
     for epoch in (0, 1):
         seen, labels = [], []
@@ -112,4 +112,4 @@ def test_class_balanced_resampling(uneven_shards):
         assert sorted(Counter(labels).values()) == [20] * 10        # 200 / 10 classes, given labels
         per_epoch.append(sorted(seen))
     assert per_epoch[0] != per_epoch[1]                              # redrawn each epoch
-    assert np.array_equal(bal(1), data.Balanced(ds, 200, 0, noise, None)(1))   # (seed, epoch) only
+    assert np.array_equal(bal.mask(1), data.selection(ds, balance=200, seed=0, noise=noise).mask(1))   # (seed, epoch) only

@@ -206,15 +206,16 @@ def build_loader(cfg, args, part: Part):
     if args.split not in ds.urls:
         raise DataError(f"the dataset has no {args.split!r} split")
     aug = data.spec_from_card(ds.card, cfg.image_size)
-    keep = data.subset_mask(ds, cfg.max_train_samples, cfg.seed) if args.split == "train" else None
     noise, fixes = data.given_labels(ds, cfg.noise, cfg.noise_pairs, cfg.noise_seed, cfg.label_fixes)
-    if fixes and args.split == "train":
-        keep = data.without(ds, keep, fixes.drop)
+    # the run's subset less its drops (not its balanced draws: every sample it could train on is scored)
+    select = (data.selection(ds, cfg.max_train_samples, 0, cfg.seed, noise, fixes.drop if fixes else ())
+              if args.split == "train" else None)
     spec = ReadSpec(aug, train=False, batch_size=args.batch_size or cfg.batch_size, seed=cfg.seed)
     ld = data.Loader(ds.urls[args.split], spec, len(ds.classes),
                      workers=cfg.workers if args.workers is None else args.workers,
-                     noise=noise, keep=keep, part=part)
-    total = int(keep.sum()) if keep is not None else ds.card["splits"].get(args.split, {}).get("count")
+                     noise=noise, select=select, part=part)
+    count = ds.card["splits"].get(args.split, {}).get("count")
+    total = select.count(0, count) if select is not None else count
     return ds, aug, ld, total
 
 

@@ -71,17 +71,12 @@ def train(cfg, acc, out: Path) -> int:
     aug = data.spec_from_card(ds.card, cfg.image_size, cfg.augment)
     part = Part(acc.process_index, acc.num_processes)
     backend, backend_note = data.choose_backend(cfg.backend)
-    keep = data.subset_mask(ds, cfg.max_train_samples, cfg.seed)
     noise, fixes = data.given_labels(ds, cfg.noise, cfg.noise_pairs, cfg.noise_seed, cfg.label_fixes)
-    if fixes:
-        keep = data.without(ds, keep, fixes.drop)
-    if cfg.balance:
-        keep = data.Balanced(ds, cfg.balance, cfg.seed, noise, keep)
+    select = data.selection(ds, cfg.max_train_samples, cfg.balance, cfg.seed, noise, fixes.drop if fixes else ())
     loaders = data.build_loaders(ds, aug, batch_size=cfg.batch_size, workers=cfg.workers, seed=cfg.seed,
-                                 noise=noise, keep=keep, part=part, backend=backend,
+                                 noise=noise, keep=select, part=part, backend=backend,
                                  cache_eval=cfg.cache_eval)
-    n_train = (keep.count() if cfg.balance else int(keep.sum()) if keep is not None
-               else ds.card["splits"]["train"]["count"])
+    n_train = select.count(0, ds.card["splits"]["train"]["count"])
     steps = math.ceil(n_train / (cfg.batch_size * acc.num_processes))
     # ---- model ----
     model = setup.build_model(cfg, len(ds.classes), aug.channels)

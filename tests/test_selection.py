@@ -1,0 +1,93 @@
+"""An epoch over a subset or a balanced draw costs what it uses: the CPU reader seeks past
+the members of unchosen samples in local shards (pipeline/selection.py, pipeline/tario.py)."""
+import io
+import tarfile
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from pipeline import loader as data
+from pipeline.tario import iter_tar
+from tools import make_shards
+
+
+@pytest.fixture(scope="module")
+def big_shards(tmp_path_factory):
+    """400 noise PNGs of ~28 KB in 4 classes: member data, not the 512-byte headers, is what an
+    epoch reads (the headers of skipped samples are still read: about 1.5 KB a sample)."""
+    root = tmp_path_factory.mktemp("sel")
+    rng = np.random.default_rng(0)
+    for i in range(400):
+        path = root / "src" / f"c{i % 4}" / f"img{i:04d}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 256, (96, 96, 3), dtype=np.uint8)).save(path)
+    assert make_shards.main(["imagefolder", str(root / "src"), "--out", str(root / "shards"), "--name", "n",
+                             "--shard-size", "50", "--val-fraction", "0.1"]) == 0
+    return root / "shards"
+
+
+def rchar() -> int:
+    return int(next(ln for ln in open("/proc/self/io") if ln.startswith("rchar")).split()[1])
+
+
+def epoch_bytes(ds, select, epoch=0):
+    ld = data.build_loaders(ds, data.spec_from_card(ds.card), batch_size=16, workers=0, seed=0,
+                            noise=data.noise_table(ds, "none", "", 0), keep=select)["train"]
+    before = rchar()
+    seen = [i for b in ld(epoch) if len(b) for i in b.index.tolist()]
+    return rchar() - before, seen
+
+
+def shard_bytes(ds):
+    return sum((ds.card_path.parent / s["file"]).stat().st_size for s in ds.card["splits"]["train"]["shards"])
+
+
+def test_a_subset_epoch_reads_only_its_samples(big_shards):
+    ds = data.resolve([str(big_shards)])
+    n_train = ds.card["splits"]["train"]["count"]
+    full, seen_all = epoch_bytes(ds, None)
+    assert len(seen_all) == n_train and full >= 0.9 * shard_bytes(ds)
+    select = data.selection(ds, n=n_train // 10, seed=3)
+    part, seen = epoch_bytes(ds, select)
+    assert sorted(seen) == sorted(np.flatnonzero(select.mask(0)).tolist())      # exactly the subset
+    assert part < 0.25 * full, (part, full)
+
+
+def test_a_balanced_epoch_reads_only_its_draw(big_shards):
+    ds = data.resolve([str(big_shards)])
+    select = data.selection(ds, balance=40, seed=0, noise=data.noise_table(ds, "none", "", 0))
+    for epoch in (0, 1):
+        got, seen = epoch_bytes(ds, select, epoch)
+        assert sorted(seen) == sorted(np.flatnonzero(select.mask(epoch)).tolist()) and len(seen) == 40
+        assert got < 0.25 * shard_bytes(ds), (epoch, got)
+
+
+def test_iter_tar_skips_unwanted_members_seekable_or_not(tmp_path):
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.GNU_FORMAT) as tar:
+        for name in ("a.jpg", "a.cls", "b.jpg", "b.cls", "x" * 120 + ".cls"):
+            data = name.encode() * 50
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    raw = buf.getvalue()
+
+    class Unseekable(io.RawIOBase):
+        def __init__(self):
+            self.inner = io.BytesIO(raw)
+
+        def readable(self):
+            return True
+
+        def readinto(self, b):
+            chunk = self.inner.read(len(b))
+            b[:len(chunk)] = chunk
+            return len(chunk)
+
+    want = lambda name: not name.startswith("a.")  # noqa: E731
+    for stream in (io.BytesIO(raw), io.BufferedReader(Unseekable())):
+        got = dict(iter_tar(stream, want))
+        assert list(got) == ["b.jpg", "b.cls", "x" * 120 + ".cls"]
+        assert all(v == k.encode() * 50 for k, v in got.items())
