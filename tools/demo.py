@@ -39,6 +39,8 @@ def detect(run: Path) -> dict | None:
     out = run / "labels"
     if rank_main(["--run", str(run), "--out", str(out), "--split", "train"]) != 0:
         return None
+    from tools.review_labels import cli as review_main          # the page a person reviews with
+    review_main(["--labels", str(out), "--out", str(run / "review"), "--top", "1000"])
     return json.loads((out / "summary.json").read_text())
 
 
@@ -63,6 +65,9 @@ def main(argv=None) -> int:
     if det:
         print(f"label-noise detection on LIMIT's train labels: ROC AUC {det['roc_auc']:.4f}, "
               f"precision@{det['n_wrong']} {det['precision_at_k']:.3f} ({args.runs}/demo-limit/labels)")
+        page = args.runs / "demo-limit" / "review" / "index.html"
+        if page.exists():
+            print(f"review the 1,000 most suspicious labels in a browser: {page.resolve().as_uri()}")
     print(f"demo wall time {time.time() - t0:.0f} s; runs in {args.runs}/")
     return 0
 

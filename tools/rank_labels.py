@@ -30,6 +30,7 @@ from pipeline.batch import to_device  # noqa: E402
 from pipeline.cpu import ReadSpec  # noqa: E402
 from pipeline.shards import DataError, Part, TRUST_FLAG, check_file_url  # noqa: E402
 from train import checkpoint, config, runfolder, setup  # noqa: E402
+from train.noise_matrix import noise_report  # noqa: E402
 from train.objectives import REGISTRY  # noqa: E402
 from train.report import detection_summary, draw_suspects, grid_rows, write_suspects_csv  # noqa: E402
 
@@ -310,6 +311,9 @@ def report(s: Scores, ds, out: Path, args, info: dict) -> dict:
     picks = grid_rows(s.label, rank, args.grid_per_class, len(ds.classes))
     records = write_scores(s, rank, manifest, out / "label_scores.parquet", args.top, picks)
     summary = {**detection_summary(s.score, s.label, s.clean), **info}
+    cols = {"label": s.label, "predictor_pred": s.predictor_pred, "classifier_pred": s.classifier_pred,
+            "clean_label": s.clean}
+    summary["noise_matrix"] = noise_report(cols, len(ds.classes), args.split)   # train/noise_matrix.py
     (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
     if args.top:
         write_suspects_csv(out / "suspects.csv", suspect_rows(s, rank, records, ds.classes, args.top))
