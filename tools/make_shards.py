@@ -338,27 +338,34 @@ MANIFEST_SCHEMA = pa.schema([
 
 
 def manifest(p: Plan, results: list[dict]) -> pa.Table:
-    """One row per written sample, built shard by shard into Arrow arrays (columnar: ~100
-    bytes a sample, where a dict per row cost ~1 KB), from the plan minus each shard's skips."""
-    chunks = {f.name: [] for f in MANIFEST_SCHEMA}
+    """One row per written sample, from the plan minus each shard's skips, built one column at
+    a time straight into one Arrow array (~100 bytes a sample, where a dict per row cost ~1 KB;
+    one contiguous array per column, as Parquet's pages, hence the file's bytes, follow the
+    chunks of a chunked one)."""
+    parts = []                                   # (records, positions, result) per shard
     for r in results:
         recs, index = p.splits[r["split"]]
         pos = np.arange(r["start"], r["stop"])
         if r["skipped_index"]:
             pos = pos[~np.isin(index[pos], r["skipped_index"])]
-        rows = [recs[i] for i in pos.tolist()]
-        n = len(rows)
-        chunks["key"].append(pa.array([x[0] for x in rows], pa.string()))
-        chunks["split"].append(pa.repeat(pa.scalar(r["split"], pa.string()), n))
-        chunks["shard"].append(pa.repeat(pa.scalar(r["file"], pa.string()), n))
-        chunks["index"].append(pa.array(index[pos], pa.int64()))
-        chunks["label"].append(pa.array([x[1] for x in rows], pa.int64()))
-        chunks["clean_label"].append(pa.array([x[2] for x in rows], pa.int64()))
-        chunks["source"].append(pa.array([x[3] if isinstance(x[3], str) else "" for x in rows], pa.string()))
-    # one contiguous array per column: Parquet pages follow the chunks, so chunked columns
-    # would change the bytes of the manifest
-    return pa.table({f.name: pa.chunked_array(chunks[f.name], f.type).combine_chunks() for f in MANIFEST_SCHEMA},
-                    schema=MANIFEST_SCHEMA)
+        parts.append((recs, pos, r))
+
+    def column(get, kind):
+        return pa.array([get(recs[i]) for recs, pos, _ in parts for i in pos.tolist()], kind)
+    sizes = [len(pos) for _, pos, _ in parts]
+    cols = {"key": column(lambda x: x[0], pa.string()),
+            "split": repeated([r["split"] for *_, r in parts], sizes),
+            "shard": repeated([r["file"] for *_, r in parts], sizes),
+            "index": pa.array(np.concatenate([p.splits[r["split"]][1][pos] for _, pos, r in parts]), pa.int64()),
+            "label": column(lambda x: x[1], pa.int64()),
+            "clean_label": column(lambda x: x[2], pa.int64()),
+            "source": column(lambda x: x[3] if isinstance(x[3], str) else "", pa.string())}
+    return pa.table(cols, schema=MANIFEST_SCHEMA)
+
+
+def repeated(values: list[str], sizes: list[int]) -> pa.Array:
+    """values[k] sizes[k] times; the Python list holds one string object per shard, not per row."""
+    return pa.array([v for v, n in zip(values, sizes) for _ in range(n)], pa.string())
 
 
 def card_options(args, for_fingerprint: bool = False) -> dict:
