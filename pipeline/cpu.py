@@ -168,32 +168,13 @@ def _group(members, url, skips):
     the sample already has starts the next copy) or come later in the shard. When the tar
     breaks, the sample being grouped is given out first with the members read whole (parse
     decides whether it is complete), then the error goes on to read_tars."""
-    current, key_now, exts, seen = None, None, set(), set()
-    members = iter(members)
-    while True:
-        try:
-            name, data = next(members)
-        except StopIteration:
-            break
-        except DATA_ERRORS:
-            if current is not None:
-                yield current
-            raise
-        key, ext = records.split_member(name)
-        if key != key_now or ext in exts:
-            if current is not None:
-                yield current
-            current, key_now, exts = None, key, set()
-            if key in seen:
-                skips.append((url, key, "duplicate key"))
-            else:
-                seen.add(key)
-                current = {"__key__": key, "__url__": url}
-        exts.add(ext)
-        if current is not None:
-            current[ext] = data
-    if current is not None:
-        yield current
+    seen = set()
+    for key, parts in records.group_members(members, DATA_ERRORS, split_repeats=True):
+        if key in seen:
+            skips.append((url, key, "duplicate key"))
+            continue
+        seen.add(key)
+        yield {"__key__": key, "__url__": url, **dict(parts)}
 # ---- end hostile-input handling ----
 
 

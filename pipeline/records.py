@@ -96,6 +96,34 @@ def split_member(name: str) -> tuple[str, str]:
     return (f"{prefix}/{key}" if prefix else key), ext
 
 
+def group_members(members, errors: tuple, split_repeats: bool = False):
+    """Tar members (name, data) -> (key, [(ext, data), ...]) per run of members sharing a
+    key, in tar order: the one grouping rule of the CPU reader and verify_shards. With
+    `split_repeats`, a member the run already has starts a new run (the next copy of a sample
+    written twice, as webdataset groups them). When the tar breaks (one of `errors`), the run
+    read whole so far is given out first, then the error is raised."""
+    key_now, group, exts = None, [], set()
+    members = iter(members)
+    while True:
+        try:
+            name, data = next(members)
+        except StopIteration:
+            break
+        except errors:
+            if group:
+                yield key_now, group
+            raise
+        key, ext = split_member(name)
+        if group and (key != key_now or (split_repeats and ext in exts)):
+            yield key_now, group
+            group, exts = [], set()
+        key_now = key
+        group.append((ext, data))
+        exts.add(ext)
+    if group:
+        yield key_now, group
+
+
 def encode_sample(key: str, image: bytes, ext: str, label: int, index: int,
                   clean_label: int, source: str = "") -> dict[str, bytes]:
     """The tar members of one sample, in the order they are written."""

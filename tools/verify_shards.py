@@ -45,7 +45,7 @@ def read_shard(path: str, n_classes: int) -> dict:
     samples, problems, groups, broken = [], [], [], True
     try:
         with open(path, "rb") as f:
-            for key, members in _grouped(iter_tar(f)):
+            for key, members in records.group_members(iter_tar(f), BAD_DATA):
                 groups.append(key)
                 problems += [f"{name}: {key}: {p}" for p in _check_sample(key, members, n_classes, samples)]
         broken = False
@@ -54,29 +54,6 @@ def read_shard(path: str, n_classes: int) -> dict:
     except BAD_DATA as e:
         problems.append(f"{name}: cut off or unreadable after {len(groups)} samples ({type(e).__name__}: {e})")
     return {"file": name, "samples": samples, "problems": problems, "keys": groups, "broken": broken}
-
-
-def _grouped(members):
-    """(key, [(ext, bytes), ...]) per run of members sharing a key, in tar order."""
-    key_now, group = None, []
-    members = iter(members)
-    while True:
-        try:
-            name, data = next(members)
-        except StopIteration:
-            break
-        except BAD_DATA:
-            if group:                   # the members read whole before the tar broke
-                yield key_now, group
-            raise
-        key, ext = records.split_member(name)
-        if key != key_now and group:
-            yield key_now, group
-            group = []
-        key_now = key
-        group.append((ext, data))
-    if group:
-        yield key_now, group
 
 
 def _check_sample(key: str, members: list, n_classes: int, samples: list) -> list[str]:
