@@ -30,8 +30,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
+
+# malloc, not Arrow's default mimalloc, for the manifest's Arrow arrays and the Parquet writer:
+# mimalloc kept what they free resident (peak RSS at 10^5 samples 198 MB against 153 MB with
+# malloc, measured on synth_clothing --n 100000); the bytes written are the same. Read when
+# pyarrow is first imported, so only where make_shards runs as the command.
+os.environ.setdefault("ARROW_DEFAULT_MEMORY_POOL", "system")
+import pyarrow as pa  # noqa: E402  (after the allocator choice above)
+import pyarrow.parquet as pq  # noqa: E402
 from PIL import Image
 from tqdm import tqdm
 
