@@ -248,16 +248,18 @@ class Progress:
         return False
 
     def done_shard(self, job: dict) -> dict | None:
-        """The shard's record when the shard is complete, else None."""
+        """The shard's record when the shard is complete, else None. The .idx must agree with
+        the record (sample count, first key): a kill after empty shards were dropped and later
+        ones renamed (drop_empty_shards) leaves another shard's files under this name."""
         try:
             rec = json.loads((self.dir / "shards" / f"{job['file']}.json").read_text())
             with open((self.out / job["file"]).with_suffix(".idx"), encoding="utf-8") as f:
-                head, line = f.readline().split(), f.readline()
-        except (OSError, ValueError):
+                head, first = f.readline().split(), f.readline().split(" ")
+            ok = (rec["file"] == job["file"] and (self.out / job["file"]).exists()
+                  and head == ["v1.2", str(rec["count"])]
+                  and (rec["count"] == 0 or first[3:4] == [f"{rec['first']}.{first[0]}"]))  # ext off size NAME
+        except (OSError, ValueError, KeyError, TypeError):
             return None
-        tar = self.out / job["file"]
-        ok = (rec.get("file") == job["file"] and tar.exists() and head == ["v1.2", str(rec.get("count"))]
-              and (rec["count"] == 0 or line.split(" ")[3:4] == [f"{rec.get('first')}.{line.split(' ')[0]}"]))
         return rec if ok else None
 
     def write_part(self, part: int, n: int, recs: list[dict]) -> Path:
