@@ -1,8 +1,23 @@
 """The one batch type both decode backends yield, and its move to the device."""
 import functools
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import torch
+
+
+class Tagged(NamedTuple):
+    """What a backend yields (pipeline.loader.Backend): one batch of one stream (a DataLoader
+    worker; DALI has one), numbered n within it, so the loader can put batches in one fixed
+    order and record how far each stream got. n = -1 is a stream's end marker, carrying its
+    last skip records."""
+    images: torch.Tensor        # (B, C, H, W) uint8
+    labels: torch.Tensor        # (B,) int64 labels as stored (before label noise)
+    clean: torch.Tensor
+    index: torch.Tensor
+    skipped: list
+    worker: int = 0
+    n: int = 0
 
 
 @dataclass
@@ -13,6 +28,7 @@ class Batch:
     index: torch.Tensor         # (B,) int64 global sample index (the key of the noise table)
     skipped: list = field(default_factory=list)   # [(shard, key, reason)] since the last batch
     pad: bool = False           # a repeat that keeps DDP ranks in step: zero loss weight, no metrics
+    position: dict | None = None  # {stream: batches consumed} once this batch is taken: a resume point
 
     def __len__(self) -> int:
         return self.labels.shape[0]
@@ -36,4 +52,5 @@ def to_device(batch: Batch, device: torch.device, mean: tuple, std: tuple,
     m, s = _scale(tuple(mean), tuple(std), torch.device(device))
     x = (x.float() - m) / s
     move = lambda t: t.to(device, non_blocking=True)  # noqa: E731
-    return Batch(x, move(batch.labels), move(batch.clean), move(batch.index), batch.skipped, batch.pad)
+    return Batch(x, move(batch.labels), move(batch.clean), move(batch.index), batch.skipped, batch.pad,
+                 batch.position)

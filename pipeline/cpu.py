@@ -14,6 +14,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from webdataset.gopen import gopen
 
 from pipeline import augment, records, shards
+from pipeline.batch import Tagged
 from pipeline.shards import for_worker
 from pipeline.tario import iter_tar
 
@@ -319,13 +320,13 @@ class ShardStream(IterableDataset):
         first = self.skip.get(worker, 0)
         items = decode(skip_items(items, first * self.spec.batch_size), self.spec, skips, self.epoch)
         for n, batch in enumerate(batched(items, self.spec.batch_size, skips), start=first):
-            yield (*batch, worker, n)
-        yield (*_collate([], skips), worker, -1)
+            yield Tagged(*batch, worker, n)
+        yield Tagged(*_collate([], skips), worker, -1)
 
 
 def cpu_batches(urls, spec: ReadSpec, n_classes: int, epoch: int, workers: int, rank: int = 0,
                 keep=None, skip: dict | None = None, wanted: dict | None = None):
-    """Iterate (images, labels, clean, index, skipped, worker, n) tuples for one epoch."""
+    """Iterate pipeline.batch.Tagged batches for one epoch."""
     ds = ShardStream(urls, spec, n_classes, epoch, rank, keep, skip, wanted)
     loader = DataLoader(ds, batch_size=None, num_workers=workers,
                         pin_memory=torch.cuda.is_available(),

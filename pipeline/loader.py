@@ -4,6 +4,7 @@ ever sees `loader(epoch)`."""
 from collections import deque
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Iterator, Protocol
 
 import numpy as np
 import pyarrow as pa
@@ -14,7 +15,7 @@ import torch
 
 from pipeline import shards
 from pipeline.augment import AugSpec, spec_from_card  # noqa: F401  (re-exported for callers)
-from pipeline.batch import Batch
+from pipeline.batch import Batch, Tagged
 from pipeline.cpu import ReadSpec, cpu_batches
 from pipeline.noise import FixedLabels, NoiseTable, parse_noise, transition_matrix
 from pipeline.selection import Balanced, Selection, Subset, TrainRows
@@ -155,7 +156,7 @@ class Loader:
         self.urls, self.spec, self.n_classes, self.workers = urls, spec, n_classes, workers
         self.noise, self.select, self.part, self.backend = noise, select or Selection(), part, backend
         self.card_sizes = sizes or {}               # the card's samples per shard
-        self._dali = None
+        self._backend: Backend = (DaliBackend if backend == "dali" else CpuBackend)(spec, n_classes, workers, part.rank)
         # an eval split has no augmentation and a fixed order: with `cache`, its decoded batches
         # from the first full pass are replayed in later epochs (small sets: decoding, not the
         # model, was half of MNIST's evaluation time)
@@ -201,7 +202,7 @@ class Loader:
         """This rank's batches; under DDP training, padded with zero-weight repeats up to
         steps(epoch). Padding is bounded by the largest rank's surplus and never counted.
         `start` ({worker: batches consumed}, a saved `position`) resumes inside the epoch;
-        `self.position` tracks the same for what has been yielded so far."""
+        each batch carries the position once it is taken (Batch.position)."""
         self.position = {int(k): v for k, v in (start or {}).items()}
         if self.cache:
             yield from self._replay(epoch)
@@ -214,13 +215,14 @@ class Loader:
         for batch in batches:
             if len(batch) and taken == steps:   # more than the card promised: keep ranks in step
                 batch = Batch(batch.images[:0], batch.labels[:0], batch.clean[:0], batch.index[:0],
-                              batch.skipped + [("", "", "surplus batch beyond the card's counts")])
+                              batch.skipped + [("", "", "surplus batch beyond the card's counts")],
+                              position=batch.position)
             taken, last = taken + (len(batch) > 0), batch if len(batch) else last
             yield batch
         if taken < steps and last is None:
             raise DataError(f"rank {self.part.rank} read no sample this epoch: cannot keep DDP ranks in step")
         for _ in range(steps - taken):
-            yield Batch(last.images, last.labels, last.clean, last.index, [], pad=True)
+            yield Batch(last.images, last.labels, last.clean, last.index, [], pad=True, position=last.position)
 
     def _replay(self, epoch: int):
         if self._cached is None:
@@ -236,43 +238,72 @@ class Loader:
         order = self.shard_order(epoch)
         # evaluation has no collective inside the loop, so a rank may have no shard there
         mine = shards.for_rank(order, self.part) if self.spec.train else order[self.part.rank::self.part.world]
-        if self.backend == "dali":
-            if self._dali is None:      # one pipeline for all epochs, over shard_order's split
-                from pipeline.dali import DaliStream
-                self._dali = DaliStream(mine, self.spec, self.n_classes, self.workers, self.part.rank)
-            self._dali.keep = self.select.mask(epoch)       # DALI reads whole shards: filtered after decode
-            source = ((*b, 0, n) for n, b in enumerate(self._dali(epoch)) if n >= self.position.get(0, 0))
-            streams = 1
-        else:
-            source = cpu_batches(mine, self.spec, self.n_classes, epoch, self.workers, self.part.rank,
-                                 self.select.mask(epoch), skip=self.position, wanted=self.select.keys(epoch))
-            streams = max(1, self.workers)
-        for images, labels, clean, index, skipped, worker, n in round_robin(source, streams):
-            given = self.noise.apply(labels, index) if self.noise is not None and len(labels) else labels
-            if n >= 0:
-                self.position[worker] = n + 1
-            elif not skipped:
+        source = self._backend(epoch, mine, self.select.mask(epoch), self.select.keys(epoch), self.position)
+        for t in round_robin(source, self._backend.streams):
+            given = self.noise.apply(t.labels, t.index) if self.noise is not None and len(t.labels) else t.labels
+            if t.n >= 0:
+                self.position[t.worker] = t.n + 1
+            elif not t.skipped:
                 continue                    # a bare end marker: nothing to report
-            yield Batch(images, given, clean, index, skipped)
+            yield Batch(t.images, given, t.clean, t.index, t.skipped, position=dict(self.position))
+
+
+# ---- backends: one protocol, pipeline.batch.Tagged out ----
+class Backend(Protocol):
+    streams: int                    # how many numbered streams its batches come in
+
+    def __call__(self, epoch: int, urls: list[str], mask: np.ndarray | None, wanted: dict | None,
+                 skip: dict) -> Iterator[Tagged]:
+        """This rank's batches of `urls` for `epoch`: samples outside `mask` left out, only the
+        `wanted` keys read where the backend can, the first skip[stream] batches passed over."""
+
+
+class CpuBackend:
+    """DataLoader workers decoding with PIL (pipeline/cpu.py): one stream per worker."""
+
+    def __init__(self, spec: ReadSpec, n_classes: int, workers: int, rank: int):
+        self.spec, self.n_classes, self.workers, self.rank = spec, n_classes, workers, rank
+        self.streams = max(1, workers)
+
+    def __call__(self, epoch, urls, mask, wanted, skip):
+        return cpu_batches(urls, self.spec, self.n_classes, epoch, self.workers, self.rank, mask,
+                           skip=skip, wanted=wanted)
+
+
+class DaliBackend:
+    """One DALI pipeline for the whole run (pipeline/dali.py), built on first use over the
+    shards of the loader's shard_order (a build costs about a second); one stream. It reads
+    whole shards: `mask` is applied after decoding, `wanted` is not used."""
+    streams = 1
+
+    def __init__(self, spec: ReadSpec, n_classes: int, workers: int, rank: int):
+        self.spec, self.n_classes, self.workers, self.rank, self.stream = spec, n_classes, workers, rank, None
+
+    def __call__(self, epoch, urls, mask, wanted, skip):
+        if self.stream is None:
+            from pipeline.dali import DaliStream
+            self.stream = DaliStream(urls, self.spec, self.n_classes, self.workers, self.rank)
+        self.stream.keep = mask
+        first = skip.get(0, 0)
+        return (Tagged(*b, 0, n) for n, b in enumerate(self.stream(epoch)) if n >= first)
 
 
 def round_robin(tagged, streams: int):
-    """Put (..., worker, n) batches in one fixed order, n-major then worker (what the
-    DataLoader does for a fresh epoch), whatever the order they arrive in: after a resume,
-    workers start at different n. An end marker (n = -1) passes at once."""
+    """Put Tagged batches in one fixed order, n-major then stream (what the DataLoader does
+    for a fresh epoch), whatever the order they arrive in: after a resume, workers start at
+    different n. An end marker (n = -1) passes at once."""
     pending: dict[int, deque] = {w: deque() for w in range(streams)}
     live = set(range(streams))
     for item in tagged:
-        worker, n = item[-2], item[-1]
-        if n < 0:
-            live.discard(worker)
+        if item.n < 0:
+            live.discard(item.worker)
             yield item
         else:
-            pending[worker].append(item)
+            pending[item.worker].append(item)
         while pending and all(pending[w] for w in live) and any(pending.values()):
-            w = min((q[0][-1], w) for w, q in pending.items() if q)[1]
+            w = min((q[0].n, w) for w, q in pending.items() if q)[1]
             yield pending[w].popleft()
-    rest = sorted((it for q in pending.values() for it in q), key=lambda it: (it[-1], it[-2]))
+    rest = sorted((it for q in pending.values() for it in q), key=lambda it: (it.n, it.worker))
     yield from rest
 
 

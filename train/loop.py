@@ -36,6 +36,7 @@ class Run:
     skipped: list = field(default_factory=list)   # (shard, key, reason, epoch) this session
     n_skipped: int = 0                  # samples skipped in this epoch's passes (train, val, test)
     ema: object = None                  # models.ema.Ema of the classifier (--model-ema)
+    position: dict = field(default_factory=dict)  # the train data position of the last batch taken
 
     @property
     def total_steps(self) -> int:       # the LR schedule's length
@@ -57,7 +58,7 @@ class Run:
         meta = {**meta, "step": self.step, "best": self.best, "n_skipped": self.n_skipped,
                 "config": vars(self.cfg)}
         if meta.get("in_epoch"):
-            meta["position"] = gather_object([self.loaders["train"].position])
+            meta["position"] = gather_object([self.position])
         if self.accelerator.is_main_process:
             checkpoint.save(self.out / "checkpoints" / name, self.accelerator.unwrap_model(self.model),
                             self.optimizer, meta, self.ema)
@@ -77,6 +78,7 @@ def train_epoch(run: Run, epoch: int, resume: dict | None = None) -> dict:
         stop_if_asked()
         wait += time.perf_counter() - t_wait
         run.note_skips(batch.skipped, epoch)
+        run.position = batch.position or run.position
         if len(batch):
             train_step(run, run.device_batch(batch), meter)
             bar.update()
