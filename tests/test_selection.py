@@ -91,3 +91,24 @@ def test_iter_tar_skips_unwanted_members_seekable_or_not(tmp_path):
         got = dict(iter_tar(stream, want))
         assert list(got) == ["b.jpg", "b.cls", "x" * 120 + ".cls"]
         assert all(v == k.encode() * 50 for k, v in got.items())
+
+
+def test_a_mid_epoch_resume_decodes_none_of_the_batches_it_passes_over(big_shards, monkeypatch):
+    """--save-every's position {worker: batches}: the resumed epoch passes over those batches
+    as parsed samples and decodes only what it trains on."""
+    from pipeline import cpu
+    ds = data.resolve([str(big_shards)])
+    calls = [0]
+    real = cpu.checked_image
+
+    def counting(body):
+        calls[0] += 1
+        return real(body)
+    monkeypatch.setattr(cpu, "checked_image", counting)
+    ld = data.build_loaders(ds, data.spec_from_card(ds.card), batch_size=16, workers=0, seed=0,
+                            noise=data.noise_table(ds, "none", "", 0), keep=None)["train"]
+    full = [i for b in ld(0) if len(b) for i in b.index.tolist()]
+    decoded_full, calls[0] = calls[0], 0
+    rest = [i for b in ld(0, start={0: 5}) if len(b) for i in b.index.tolist()]
+    assert decoded_full == len(full) and rest == full[5 * 16:]
+    assert calls[0] == len(full) - 5 * 16
