@@ -196,9 +196,7 @@ def parse(samples, skips: list, n_classes: int, keep: np.ndarray | None = None):
             if bad:
                 skips.append((s["__url__"], s["__key__"], bad))
                 continue
-            label = records.parse_label(s["cls"])
-            if not 0 <= label < n_classes:
-                raise ValueError(f"label {label} outside [0, {n_classes})")
+            label = records.label_in_range(records.parse_label(s["cls"]), n_classes)
             if not -1 <= clean < n_classes:
                 raise ValueError(f"clean label {clean} outside [-1, {n_classes})")
             records.image_member(s)
@@ -239,9 +237,8 @@ def decode(items, spec: ReadSpec, skips: list, epoch: int = 0):
             data = checked_image(records.image_member(s)[1])
             arr = (augment.train_image(data, spec.aug, sample_rng(spec.seed, epoch, index)) if spec.train
                    else augment.eval_image(data, spec.aug))
-        except IMAGE_ERRORS as e:     # (PIL names the buffer's address: not reproducible)
-            why = str(e).split(" <_io.BytesIO object at")[0]
-            skips.append((s["__url__"], s["__key__"], f"bad image: {type(e).__name__}: {why}"))
+        except IMAGE_ERRORS as e:
+            skips.append((s["__url__"], s["__key__"], f"bad image: {type(e).__name__}: {records.error_text(e)}"))
             continue
         yield arr, label, index, clean
 

@@ -280,9 +280,7 @@ def _parse(out: dict, n_classes: int, keep, skips: list, drops: frozenset = froz
     labels, parsed = _labels(raw)
     for i in np.flatnonzero(ok & ~(parsed & (labels >= 0) & (labels < n_classes))).tolist():
         try:        # the CPU backend's checks and messages
-            labels[i] = records.parse_label(raw[i].tobytes().rstrip(b"\0"))
-            if not 0 <= labels[i] < n_classes:
-                raise ValueError(f"label {labels[i]} outside [0, {n_classes})")
+            labels[i] = records.label_in_range(records.parse_label(raw[i].tobytes().rstrip(b"\0")), n_classes)
         except (ValueError, UnicodeDecodeError) as e:
             skips.append((*_where(out, i), f"{type(e).__name__}: {e}"))
             ok[i] = False

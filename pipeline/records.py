@@ -96,6 +96,19 @@ def split_member(name: str) -> tuple[str, str]:
     return (f"{prefix}/{key}" if prefix else key), ext
 
 
+def label_in_range(label: int, n_classes: int) -> int:
+    """The label, or ValueError when it is no class (one message for every reader and verify)."""
+    if not 0 <= label < n_classes:
+        raise ValueError(f"label {label} outside [0, {n_classes})")
+    return label
+
+
+def error_text(e: Exception) -> str:
+    """An exception's message, one line, without the buffer address PIL puts in it (which
+    would make two runs' skip records differ)."""
+    return " ".join(str(e).split(" <_io.BytesIO object at")[0].split())
+
+
 def group_members(members, errors: tuple, split_repeats: bool = False):
     """Tar members (name, data) -> (key, [(ext, data), ...]) per run of members sharing a
     key, in tar order: the one grouping rule of the CPU reader and verify_shards. With

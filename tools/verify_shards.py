@@ -74,8 +74,10 @@ def _check_sample(key: str, members: list, n_classes: int, samples: list) -> lis
     else:
         try:
             label = records.parse_label(m["cls"])
-            if not 0 <= label < n_classes:
-                problems.append(f"label {label} outside [0, {n_classes})")
+            try:
+                records.label_in_range(label, n_classes)
+            except ValueError as e:
+                problems.append(str(e))
         except (ValueError, UnicodeDecodeError) as e:
             problems.append(f"bad cls: {_short(e)}")
     index = clean = None
@@ -114,7 +116,7 @@ def _check_image(data: bytes) -> list[str]:
 
 
 def _short(e) -> str:
-    return " ".join(str(e).split(" <_io.BytesIO object at")[0].split())[:120]
+    return records.error_text(e)[:120]
 
 
 def check_index(tar: Path, keys: list[str]) -> list[str]:
