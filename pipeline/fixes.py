@@ -1,5 +1,5 @@
 """Label fixes: which training samples get a new label and which are left out, read from a
-reviewer's file (issue 18).
+reviewer's file.
 
 Accepted files (the format is told by the content, not the name):
   - the review page's CSV (tools/review_labels.py): key,index,given,decision,new_label with

@@ -1,4 +1,4 @@
-"""The sample layout shared by the shard writer and both readers (design.md section 4).
+"""The sample layout shared by the shard writer and both readers (docs/architecture.md section 4).
 
 Each sample in a shard is a group of tar members sharing one key:
   KEY.jpg | KEY.png   image bytes

@@ -73,7 +73,7 @@ def reference_idx(tar: Path, tmp: Path) -> str:
 
 
 def read_back(out: Path, name: str, tmp: Path) -> dict:
-    """Check one output set against the contract (design.md section 4) and return
+    """Check one output set against the contract (docs/architecture.md section 4) and return
     {"card", "rows", split: [sample dicts in shard order]}."""
     card = json.loads((out / f"{name}.json").read_text())
     table = pq.read_table(out / f"{name}.parquet")

@@ -22,7 +22,7 @@ from tools.rank_labels import cli as rank_cli
 from train.limit import cli as train_cli
 
 CHROMIUM = os.environ.get("CHROMIUM", shutil.which("chromium") or "/usr/bin/chromium")
-READY_S = 2.0          # issue 18: interactive within 2 s with 20,000 suspects
+READY_S = 2.0          # the page must be interactive within 2 s with 20,000 suspects
 
 
 def _playwright():

@@ -1,4 +1,4 @@
-"""Cost curves of every stage against the dataset size (issue 16), on a synthetic Clothing1M.
+"""Cost curves of every stage against the dataset size , on a synthetic Clothing1M.
 
     python tools/bench_scale.py --n 10000,100000,1000000 [--work DIR] [--json OUT]
         [--train-cap M] [--model resnet18] [--image-size 64] [--keep]
@@ -9,7 +9,7 @@ tools/verify_shards.py, one training epoch (CPU backend, --model at --image-size
 tools/rank_labels.py over the run's train split. Each stage is a subprocess measured by
 `/usr/bin/time -v` (wall time; "Maximum resident set size" is the largest single process of the
 tree) and by a wrapper that reads its own /proc/self/io after reaping the stage: a parent's
-rchar/wchar include every reaped descendant's (design.md section 7), so the delta is what the
+rchar/wchar include every reaped descendant's (docs/architecture.md section 5), so the delta is what the
 whole tree read and wrote (page-cache hits count, unlike read_bytes). The wrapper also samples
 the tree's RSS each second to split the peak into the main process and its largest worker.
 

@@ -1,4 +1,4 @@
-"""A static review page for a run's most suspicious training labels (issue 18).
+"""A static review page for a run's most suspicious training labels.
 
     python tools/review_labels.py --labels RUN/labels --out RUN/review [--top 1000]
         [--label-studio RUN/review/label_studio_tasks.json]

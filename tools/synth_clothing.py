@@ -1,4 +1,4 @@
-"""A Clothing1M-shaped synthetic source, in Clothing1M's own layout (design.md sections 5, 7).
+"""A Clothing1M-shaped synthetic source, in Clothing1M's own layout (docs/architecture.md section 5).
 
     python tools/synth_clothing.py OUT --n N [--seed S] [--workers K] [--size MIN:MAX] [--annotations]
 
@@ -34,7 +34,7 @@ CLASSES = ["T-Shirt", "Shirt", "Knitwear", "Chiffon", "Sweater", "Hoodie", "Wind
            "Jacket", "Downcoat", "Suit", "Shawl", "Dress", "Vest", "Underwear"]
 K = len(CLASSES)
 
-# Clothing1M's counts (design.md section 5): 1,037,497 images, 1M noisy train, clean lists of
+# Clothing1M's counts (docs/architecture.md section 5): 1,037,497 images, 1M noisy train, clean lists of
 # 47,570 / 14,313 / 10,526; 1,072,409 - 1,037,497 = 34,912 images carry both labels (all of
 # them taken here from the clean train list, so val/test never overlap the train shards:
 # make_shards refuses a key that appears in two splits).
