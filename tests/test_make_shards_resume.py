@@ -22,6 +22,21 @@ class Killed(BaseException):
     """Stands for a SIGKILL inside the process: nothing catches it, no cleanup runs."""
 
 
+def _children(pid: int) -> list[int]:
+    try:
+        return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+
+
+def _alive(pid: int) -> bool:
+    """Running, not a zombie waiting for a reaper."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
 @pytest.fixture
 def source(tmp_path):
     src = tmp_path / "clothing1m"
@@ -69,21 +84,27 @@ def test_a_sigkilled_conversion_resumes_to_the_same_bytes(tmp_path, source, refe
     slow = ("import sys, time; import tools.make_shards as m; real = m.write_tar\n"
             "def write_tar(*a):\n    time.sleep(0.15); return real(*a)\n"
             "m.write_tar = write_tar; sys.exit(m.main(sys.argv[1:]))")
-    for k in (1, 6, 12):
+    for k, workers in ((1, 1), (6, 2), (12, 1)):
         out = tmp_path / f"killed{k}"
-        cmd = [str(a) for a in argv(source, out, "--shard-size", "1")]
+        cmd = [str(a) for a in argv(source, out, "--shard-size", "1", "--workers", workers)]
         proc = subprocess.Popen([sys.executable, "-c", slow, *cmd], cwd=ROOT, stderr=subprocess.DEVNULL,
                                 env={**os.environ, "PYTHONPATH": str(ROOT)})
         deadline = time.time() + 60
         while len(list(out.glob("*.tar"))) < k and proc.poll() is None and time.time() < deadline:
             time.sleep(0.01)
+        kids = _children(proc.pid)
         proc.send_signal(signal.SIGKILL)
         proc.wait()
+        assert len(kids) == (workers if workers > 1 else 0)
+        deadline = time.time() + 5       # its workers die with it (PR_SET_PDEATHSIG): none left writing
+        while [c for c in kids if _alive(c)] and time.time() < deadline:
+            time.sleep(0.02)
+        assert not [c for c in kids if _alive(c)]
         assert (out / "c1m.partial" / "plan.json").exists() and not (out / "c1m.json").exists()
         rc, _, err = run(cmd, capsys)
         assert rc == 0, err
-        kept = re.search(r"resuming: ([0-9]+) of 16 shard", err)
-        assert kept and int(kept.group(1)) >= k - 1, err     # the complete ones are not written again
+        kept = re.search(r"resuming: ([0-9]+) of 16 shard", err)      # absent: none complete yet
+        assert (int(kept.group(1)) if kept else 0) >= k - 1, err   # the complete are not written again
         assert snapshot(out) == want, k
 
 

@@ -23,6 +23,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import sys
 import tempfile
 from concurrent.futures import ProcessPoolExecutor
@@ -287,10 +288,20 @@ def start_workers(workers: int) -> ProcessPoolExecutor | None:
     garbage collector touches them), so a worker's memory does not grow with the dataset."""
     if workers < 2:
         return None
-    pool = ProcessPoolExecutor(workers)
+    pool = ProcessPoolExecutor(workers, initializer=die_with_parent)
     for f in [pool.submit(os.getpid) for _ in range(workers)]:   # one submit per idle-less worker
         f.result()
     return pool
+
+
+def die_with_parent() -> None:
+    """Worker start-up: a SIGKILLed make_shards must not leave workers writing shards that the
+    rerun writes too (the same temporary names); Linux's PR_SET_PDEATHSIG kills them with it."""
+    try:
+        import ctypes
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)      # 1: PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass                       # not Linux: an orphan stops after its shard (the queue is gone)
 
 
 def run_jobs(p: Plan, todo: list[dict], args, work: Path, pool: ProcessPoolExecutor | None,
