@@ -57,7 +57,9 @@ def test_a_failure_mid_job_leaves_only_tmp_names(tmp_path, capsys, monkeypatch):
     rc, _, err = run(["clothing1m", src, "--out", out, "--shard-size", "3"], capsys)
     assert_one_line_error(rc, err, "No space left on device")
     names = sorted(p.name for p in out.iterdir())
-    assert names == ["clothing1m-000.idx", "clothing1m-000.tar", "clothing1m-001.tar.tmp"]
+    # NAME.partial/ keeps the finished shard's record so that the same command resumes
+    assert names == ["clothing1m-000.idx", "clothing1m-000.tar", "clothing1m-001.tar.tmp", "clothing1m.partial"]
+    assert sorted(p.name for p in (out / "clothing1m.partial" / "shards").iterdir()) == ["clothing1m-000.tar.json"]
     # what carries a final name is complete
     tar = out / "clothing1m-000.tar"
     assert len(list(wds.WebDataset([str(tar)], shardshuffle=False))) == 3
