@@ -68,7 +68,7 @@ def test_config_default_and_choices():
 def recipe_of(argv, card=DIGITS):
     from train.objectives import apply_recipe
     cfg = config.parse(["--data", "x", *argv])
-    return cfg, apply_recipe(cfg, card, config.Config())
+    return cfg, apply_recipe(cfg, card, config.given(["--data", "x", *argv]))
 
 
 def test_limit_gets_the_recipe_for_flags_left_at_their_defaults():
@@ -81,6 +81,8 @@ def test_flags_given_win_and_recipe_none_is_the_old_behaviour():
     cfg, _ = recipe_of(["--method", "limit", "--model", "mnist_cnn", "--batch-size", "128", "--augment", "none",
                         "--predictor-model", "mnist_cnn"])
     assert (cfg.batch_size, cfg.augment, cfg.predictor_model, cfg.model_ema) == (128, "none", "mnist_cnn", True)
+    cfg, _ = recipe_of(["--method", "limit", "--model", "mnist_cnn", "--batch-size", "256"])
+    assert cfg.batch_size == 256                     # typed at its default value: still the user's
     cfg, changed = recipe_of(["--method", "limit", "--model", "mnist_cnn", "--recipe", "none"])
     assert changed == {} and (cfg.batch_size, cfg.model_ema, cfg.predictor_model, cfg.augment) == (256, False, "", "card")
 

@@ -147,6 +147,15 @@ def validate(cfg: Config) -> Config:
     return cfg
 
 
+def given(argv=None) -> set[str]:
+    """The config fields the command line set, whatever their values (a recipe must not
+    replace a flag the user typed, even at its default value)."""
+    p = build_parser()
+    for action in p._actions:           # every default suppressed: only what was typed is set
+        action.default = argparse.SUPPRESS
+    return set(vars(p.parse_args(argv)))
+
+
 def parse(argv=None) -> Config:
     args = build_parser().parse_args(argv)
     return validate(Config(**vars(args)))

@@ -50,13 +50,13 @@ def main(argv=None) -> int:
     out = prepare_out(cfg)
     lock = runfolder.RunLock(out).acquire() if acc.is_main_process else None
     try:
-        return train(cfg, acc, out)
+        return train(cfg, acc, out, config.given(argv))
     finally:
         if lock:
             lock.release()
 
 
-def train(cfg, acc, out: Path) -> int:
+def train(cfg, acc, out: Path, given: set) -> int:
     """The run, with --out locked: refuse or replace another run, or continue this one."""
     runfolder.claim(out, cfg.resume, cfg.overwrite, acc.is_main_process)
     if cfg.resume == "auto" and (final := runfolder.finished(out, cfg.epochs)):
@@ -67,7 +67,7 @@ def train(cfg, acc, out: Path) -> int:
     setup.seed_everything(cfg.seed)
     # ---- data ----
     ds = data.resolve(cfg.data, cfg.val_data, cfg.test_data, cfg.trust_urls)
-    recipe = apply_recipe(cfg, ds.card, config.Config())    # --recipe auto (RESULTS.md, "Tuning")
+    recipe = apply_recipe(cfg, ds.card, given)    # --recipe auto (RESULTS.md, "Tuning")
     aug = data.spec_from_card(ds.card, cfg.image_size, cfg.augment)
     part = Part(acc.process_index, acc.num_processes)
     backend, backend_note = data.choose_backend(cfg.backend)

@@ -156,10 +156,10 @@ LIMIT_PREDICTOR = {"mnist_cnn": "mnist_cnn_bn"}          # classifier -> predict
 LIMIT_AUGMENT = "pad:2"
 
 
-def apply_recipe(cfg, card: dict, defaults) -> dict:
-    """--recipe auto under --method limit: replace the flags in LIMIT_RECIPE (and the predictor
-    backbone and --augment) that still hold their defaults (`defaults`: a Config built with no
-    flags) by the recipe's values. Returns {flag: (old, new)} for what changed; nothing with
+def apply_recipe(cfg, card: dict, given: set) -> dict:
+    """--recipe auto under --method limit: set the flags in LIMIT_RECIPE (and the predictor
+    backbone and --augment) that the command line did not give (`given`: train.config.given)
+    to the recipe's values. Returns {flag: (old, new)} for what changed; nothing with
     --recipe none or another method, so the old behaviour stays one flag away."""
     if cfg.recipe != "auto" or cfg.method != "limit":
         return {}
@@ -171,7 +171,7 @@ def apply_recipe(cfg, card: dict, defaults) -> dict:
         want["augment"] = LIMIT_AUGMENT
     changed = {}
     for key, value in want.items():
-        if getattr(cfg, key) == getattr(defaults, key) and getattr(cfg, key) != value:
+        if key not in given and getattr(cfg, key) != value:
             changed[key] = (getattr(cfg, key), value)
             setattr(cfg, key, value)
     return changed
