@@ -4,7 +4,7 @@
         [--resize SHORTER] [--quality Q] [--val-fraction F] [--workers K] [--seed S]
         [--label-fixes FILE] [--part I/N | --merge]
 
-FORMAT: mnist | clothing1m | imagefolder | table. Output (design.md section 4):
+FORMAT: mnist | clothing1m | imagefolder | table. Output (docs/architecture.md section 4):
 NAME-000.tar ... (train), NAME-val-000.tar, NAME-test-000.tar, an `.idx` beside each tar,
 NAME.json (the card) and NAME.parquet (one row per sample). Samples are assigned to shards
 before any work starts, so the output is byte-identical for any --workers. Shards of NAME in

@@ -35,7 +35,7 @@ LIMIT = ["--method", "limit", "--recipe", "none", "--predictor-model", "mnist_cn
          "--batch-size", "64", "--augment", "pad:2"]
 BETA = {}                   # p -> beta where it differs from DEFAULT_BETA
 DEFAULT_BETA = 10.0         # p=0.8, n=10^4, 60 epochs, batch 64 + pad:2: RESULTS.md "Tuning"
-METHODS = {                                   # method -> flags (paper section 5, design.md 2)
+METHODS = {                                   # method -> flags (paper section 5, docs/architecture.md section 2)
     "ce": ["--method", "ce"], "mae": ["--method", "mae"], "gce": ["--method", "gce"],
     "fw": ["--method", "fw"], "dmi": ["--method", "dmi", "--lr", "1e-4"],
     "limit_g-s": [*LIMIT, "--predictor-loss", "mse"],
