@@ -109,6 +109,30 @@ def error_text(e: Exception) -> str:
     return " ".join(str(e).split(" <_io.BytesIO object at")[0].split())
 
 
+def find_images(shard_dir, wanted: dict):
+    """(shard, key, image bytes) for the wanted {shard name: keys}, each shard read once, its
+    other members seeked past (pipeline.tario). Shards are names beside their card, never
+    paths (a manifest may come from a stranger); a moved or damaged shard gives what it has."""
+    from pathlib import Path
+
+    from pipeline.tario import iter_tar
+    for shard, keys in wanted.items():
+        if not isinstance(shard, str) or Path(shard).name != shard:
+            continue
+        left = set(keys)
+        try:
+            with open(Path(shard_dir) / shard, "rb", buffering=0) as f:
+                for name, data in iter_tar(f, lambda n: split_member(n)[0] in left):
+                    key, ext = split_member(name)
+                    if ext in IMAGE_EXTS and key in left:
+                        left.discard(key)
+                        yield shard, key, data
+                        if not left:
+                            break
+        except (OSError, ValueError, EOFError):
+            continue
+
+
 def group_members(members, errors: tuple, split_repeats: bool = False):
     """Tar members (name, data) -> (key, [(ext, data), ...]) per run of members sharing a
     key, in tar order: the one grouping rule of the CPU reader and verify_shards. With

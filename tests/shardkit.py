@@ -42,3 +42,9 @@ def make_digit_shards(root: Path, n_train: int = 600, n_test: int = 200, shard_s
     assert make_shards.main(["mnist", str(src), "--out", str(out), "--name", name,
                              "--shard-size", str(shard_size)]) == 0
     return out
+
+
+def train_argv(data, out, *extra) -> list[str]:
+    """train/limit.py's flags for one quick epoch of mnist_cnn on tiny shards, in-process."""
+    return ["--data", str(data), "--model", "mnist_cnn", "--epochs", "1", "--batch-size", "64",
+            "--workers", "0", "--out", str(out), *extra]

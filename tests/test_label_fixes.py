@@ -6,7 +6,7 @@ import json
 import pyarrow.parquet as pq
 import pytest
 
-from tests.shardkit import make_digit_shards
+from tests.shardkit import make_digit_shards, train_argv
 from tools.rank_labels import cli as rank_cli
 from train import runfolder
 from train.limit import cli
@@ -17,9 +17,7 @@ def shards(tmp_path_factory):
     return make_digit_shards(tmp_path_factory.mktemp("fixes"), n_train=300, n_test=100, shard_size=100)
 
 
-def argv(data, out, *extra):
-    return ["--data", str(data), "--model", "mnist_cnn", "--epochs", "1", "--batch-size", "64",
-            "--workers", "0", "--out", str(out), *extra]
+argv = train_argv
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.shardkit import make_digit_shards
+from tests.shardkit import make_digit_shards, train_argv
 from train import runfolder
 from train.limit import cli
 
@@ -19,9 +19,7 @@ def shards(tmp_path_factory):
     return make_digit_shards(tmp_path_factory.mktemp("step"), n_train=300, n_test=100, shard_size=100)
 
 
-def argv(data, out, *extra):
-    return ["--data", str(data), "--model", "mnist_cnn", "--epochs", "1", "--batch-size", "64",
-            "--workers", "0", "--out", str(out), *extra]
+argv = train_argv
 
 
 

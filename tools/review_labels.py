@@ -32,9 +32,8 @@ import pyarrow.parquet as pq  # noqa: E402
 
 from pipeline import loader as data  # noqa: E402
 from pipeline import shards  # noqa: E402
-from pipeline.records import split_member  # noqa: E402
+from pipeline.records import find_images  # noqa: E402
 from pipeline.shards import DataError, TRUST_FLAG  # noqa: E402
-from pipeline.tario import iter_tar  # noqa: E402
 from train import config  # noqa: E402
 from train.noise_matrix import MIN_ROWS, mean_abs_error, noise_report, transition_estimate  # noqa: E402,F401
 from train.report import _pyplot  # noqa: E402
@@ -119,25 +118,10 @@ def read_sources(manifest: Path, indices: np.ndarray) -> dict[int, str]:
 
 def write_thumbs(shard_dir: Path, wanted: dict, out: Path, size: int) -> dict[int, str]:
     """{index: thumbnail path relative to the page} for wanted {shard: {key: index}}, reading
-    each shard once with pipeline.tario (the readers' own tar walker)."""
+    each shard once (pipeline.records.find_images)."""
     out.mkdir(parents=True, exist_ok=True)
-    done = {}
-    for shard, keys in sorted(wanted.items()):
-        if not isinstance(shard, str) or Path(shard).name != shard:
-            continue                   # a manifest names shards beside its card, never a path
-        left = dict(keys)
-        try:
-            with open(shard_dir / shard, "rb") as f:
-                for name, body in iter_tar(f):
-                    key, ext = split_member(name)
-                    if key in left and ext in ("jpg", "png"):
-                        index = left.pop(key)
-                        done[index] = _thumb(body, out, index, size)
-                        if not left:
-                            break
-        except (OSError, ValueError, EOFError):
-            continue                   # a moved or damaged shard leaves its tiles blank
-    return done
+    return {wanted[shard][key]: _thumb(body, out, wanted[shard][key], size)
+            for shard, key, body in find_images(shard_dir, wanted)}
 
 
 def _thumb(body: bytes, out: Path, index: int, size: int) -> str:

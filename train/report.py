@@ -185,26 +185,9 @@ def read_images(shard_dir: Path, wanted: dict) -> dict:
     """{(shard, key): PIL image} for the wanted {shard: {keys}}, reading only those shards."""
     from PIL import Image
 
-    from pipeline.tario import iter_tar
-    found = {}
-    for shard, keys in wanted.items():
-        if not isinstance(shard, str) or Path(shard).name != shard:
-            continue                   # a manifest names shards beside its card, never a path
-        left = set(keys)
-        try:
-            with open(shard_dir / shard, "rb") as f:
-                for name, data in iter_tar(f):
-                    prefix, _, base = name.rpartition("/")
-                    key, _, ext = base.partition(".")
-                    key = f"{prefix}/{key}" if prefix else key
-                    if key in left and ext in ("jpg", "png"):
-                        found[(shard, key)] = Image.open(io.BytesIO(data)).convert("RGB")
-                        left.discard(key)
-                        if not left:
-                            break
-        except (OSError, ValueError, EOFError):
-            continue                   # a moved or damaged shard leaves its tiles blank
-    return found
+    from pipeline.records import find_images
+    return {(shard, key): Image.open(io.BytesIO(data)).convert("RGB")
+            for shard, key, data in find_images(shard_dir, wanted)}
 
 
 def draw_suspects(path: Path, tiles: list, classes: list, shard_dir: Path, per_class: int) -> None:
