@@ -48,6 +48,7 @@ from pipeline.records import encode_sample
 from pipeline.shards import DataError
 from pipeline.writer import write_tar
 from tools import shard_sources
+from tools.source_columns import Records
 
 FORMATS = ("mnist", "clothing1m", "imagefolder", "table")
 
@@ -151,7 +152,7 @@ def plan(src: shard_sources.Source, args, fixes=None) -> Plan:
     so a fixes file written from an earlier conversion's manifest names the same samples."""
     splits, jobs, base = {}, [], 0
     for split in shard_sources.SPLITS:
-        recs = src.splits.get(split, [])
+        recs = src.splits.get(split, Records.from_tuples([]))
         index = np.arange(base, base + len(recs), dtype=np.int64)
         base += len(recs)
         if fixes is not None:
@@ -164,19 +165,23 @@ def plan(src: shard_sources.Source, args, fixes=None) -> Plan:
     return Plan(splits, jobs, base)
 
 
-def apply_fixes(recs: list, index: np.ndarray, fixes) -> tuple[list, np.ndarray]:
-    keep = [i for i, g in enumerate(index.tolist()) if g not in fixes.drop]
-    out = []
-    for i in keep:
-        key, label, clean, source = recs[i]
-        out.append((key, fixes.relabel.get(int(index[i]), label), clean, source))
-    return out, index[keep]
+def apply_fixes(recs: Records, index: np.ndarray, fixes) -> tuple[Records, np.ndarray]:
+    """Relabelled records and the dropped ones left out; index: the records' global indices."""
+    labels = recs.labels.copy()
+    for g, label in fixes.relabel.items():
+        at = np.searchsorted(index, g)                  # index is sorted: one split's range
+        if at < len(index) and index[at] == g:
+            labels[at] = label
+    keep = np.flatnonzero(~np.isin(index, np.fromiter(fixes.drop, np.int64, len(fixes.drop))))
+    return recs.with_labels(labels).take(keep), index[keep]
 
 
 def job_records(p: Plan, job: dict) -> list[tuple]:
     """(key, label, clean, index, source) of one shard, built when the shard is sent to a worker."""
     recs, index = p.splits[job["split"]]
-    return [(*recs[i][:3], int(index[i]), recs[i][3]) for i in range(job["start"], job["stop"])]
+    part = recs[job["start"]:job["stop"]]
+    return [(key, label, clean, int(g), source)
+            for (key, label, clean, source), g in zip(part, index[job["start"]:job["stop"]])]
 
 
 def read_label_fixes(src: shard_sources.Source, args):
@@ -186,9 +191,9 @@ def read_label_fixes(src: shard_sources.Source, args):
         return None
     keys, base = {}, 0
     for split in shard_sources.SPLITS:
-        for i, rec in enumerate(src.splits.get(split, [])):
-            keys[rec[0]] = base + i
-        base += len(src.splits.get(split, []))
+        recs = src.splits.get(split, Records.from_tuples([]))
+        keys.update(zip(recs.keys.to_pylist(), range(base, base + len(recs))))
+        base += len(recs)
     return label_fixes.read_fixes(args.label_fixes, keys, base, src.classes)
 
 
@@ -371,23 +376,22 @@ def manifest(p: Plan, results: list[dict]) -> pa.Table:
         if r["skipped_index"]:
             pos = pos[~np.isin(index[pos], r["skipped_index"])]
         parts.append((recs, pos, r))
-
-    def column(get, kind):
-        return pa.array([get(recs[i]) for recs, pos, _ in parts for i in pos.tolist()], kind)
     sizes = [len(pos) for _, pos, _ in parts]
-    cols = {"key": column(lambda x: x[0], pa.string()),
+    arrow = lambda get: pa.concat_arrays([get(recs).take(pa.array(pos)) for recs, pos, _ in parts])  # noqa: E731
+    ints = lambda get: pa.array(np.concatenate([get(recs)[pos] for recs, pos, _ in parts]), pa.int64())  # noqa: E731
+    cols = {"key": arrow(lambda recs: recs.keys),
             "split": repeated([r["split"] for *_, r in parts], sizes),
             "shard": repeated([r["file"] for *_, r in parts], sizes),
             "index": pa.array(np.concatenate([p.splits[r["split"]][1][pos] for _, pos, r in parts]), pa.int64()),
-            "label": column(lambda x: x[1], pa.int64()),
-            "clean_label": column(lambda x: x[2], pa.int64()),
-            "source": column(lambda x: x[3] if isinstance(x[3], str) else "", pa.string())}
+            "label": ints(lambda recs: recs.labels),
+            "clean_label": ints(lambda recs: recs.clean),
+            "source": arrow(lambda recs: recs.source_texts())}
     return pa.table(cols, schema=MANIFEST_SCHEMA)
 
 
 def repeated(values: list[str], sizes: list[int]) -> pa.Array:
-    """values[k] sizes[k] times; the Python list holds one string object per shard, not per row."""
-    return pa.array([v for v, n in zip(values, sizes) for _ in range(n)], pa.string())
+    """values[k] sizes[k] times, without a Python object per row."""
+    return pa.array(values, pa.string()).take(pa.array(np.repeat(np.arange(len(values)), sizes)))
 
 
 def card_options(args, for_fingerprint: bool = False) -> dict:

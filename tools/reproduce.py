@@ -96,11 +96,12 @@ def done_cells(path: Path) -> set:
         return {(r["method"], float(r["p"]), int(r["n"]), int(r["seed"])) for r in csv.DictReader(f)}
 
 
-def append(path: Path, row: dict) -> None:
+def append(path: Path, row: dict, columns: list[str] = COLUMNS) -> None:
+    """One result row; the header with the file's first row."""
     new = not path.exists()
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a", newline="") as f:
-        w = csv.DictWriter(f, COLUMNS)
+        w = csv.DictWriter(f, columns)
         if new:
             w.writeheader()
         w.writerow(row)

@@ -1,7 +1,9 @@
-"""Dataset layouts -> lists of records per split, for tools/make_shards.py.
+"""Dataset layouts -> the records of each split, for tools/make_shards.py.
 
 A record is (key, label, clean_label, source) where source is a file path or, for MNIST,
-a uint8 pixel array. Every layout returns the same thing, so the writer never branches."""
+a uint8 pixel array. Every layout returns the same thing, so the writer never branches: a
+split is a tools.source_columns.Records (columns, not a Python object a sample; the
+Clothing1M reader builds the columns directly, the smaller layouts give tuples, converted)."""
 import errno
 import os
 import random
@@ -10,8 +12,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
 from pipeline.records import make_key
 from pipeline.shards import DataError
+from tools.source_columns import CHUNK, Records, as_records
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 SPLITS = ("train", "val", "test")
@@ -20,13 +27,16 @@ SPLITS = ("train", "val", "test")
 @dataclass
 class Source:
     classes: list[str]
-    splits: dict[str, list[tuple]]                  # split -> [(key, label, clean, source)]
+    splits: dict[str, Records]                      # split -> (key, label, clean, source) rows
     augment: dict = field(default_factory=dict)     # the training recipe, written to the card
     channels: int = 3
     normalize: dict = field(default_factory=lambda: {"mean": [0.485, 0.456, 0.406],
                                                      "std": [0.229, 0.224, 0.225]})
     skipped: list[dict] = field(default_factory=list)   # {key, source, reason}: for the card
     notes: list[str] = field(default_factory=list)      # said on stderr, not errors
+
+    def __post_init__(self):
+        self.splits = {k: as_records(v) for k, v in self.splits.items()}
 
 
 # issue 10: named training recipes for `make_shards.py --recipe`, replacing the format's default
@@ -35,12 +45,12 @@ class Source:
 RECIPES = {"cifar": {"size": 32, "crop": "pad_random", "pad": 4, "flip": True}}
 
 
-def carve_val(records: list[tuple], fraction: float, seed: int) -> tuple[list, list]:
+def carve_val(records, fraction: float, seed: int) -> tuple[Records, Records]:
     """A seeded (train, val) partition; order inside each part is kept."""
-    n_val = round(len(records) * fraction)
-    chosen = set(random.Random(seed).sample(range(len(records)), n_val))
-    return ([r for i, r in enumerate(records) if i not in chosen],
-            [r for i, r in enumerate(records) if i in chosen])
+    records = as_records(records)
+    chosen = np.zeros(len(records), bool)
+    chosen[random.Random(seed).sample(range(len(records)), round(len(records) * fraction))] = True
+    return records.take(np.flatnonzero(~chosen)), records.take(np.flatnonzero(chosen))
 
 
 def mnist(root: Path, val_fraction: float, seed: int) -> Source:
@@ -79,38 +89,75 @@ def _find_txt(root: Path, name: str) -> Path:
     raise DataError(f"clothing1m source {root}: {name} not found at the root or under annotations/")
 
 
-def _kv(path: Path) -> dict[str, int]:
-    out = {}
-    for n, line in enumerate(path.read_text().split("\n"), 1):
-        if line.strip():
+def _lines(path: Path):
+    """(line number, stripped line) of the non-blank lines, streamed."""
+    with open(path, encoding="utf-8", errors="surrogateescape") as f:
+        for n, line in enumerate(f, 1):
+            if line.strip():
+                yield n, line.strip()
+
+
+def _chunked(items, kind) -> pa.Array:
+    """One Arrow array from a stream, CHUNK values at a time (no list of the whole stream)."""
+    chunks, buf = [], []
+    for v in items:
+        buf.append(v)
+        if len(buf) == CHUNK:
+            chunks.append(pa.array(buf, kind))
+            buf = []
+    chunks.append(pa.array(buf, kind))
+    return pa.concat_arrays(chunks)
+
+
+def _kv(path: Path) -> tuple[pa.Array, np.ndarray]:
+    """A 'PATH LABEL' file as (paths, labels); a path listed twice keeps its last label."""
+    labels = []
+
+    def paths():
+        for n, line in _lines(path):
             try:
                 k, v = line.split()
-                out[k] = int(v)
+                labels.append(int(v))
             except ValueError:
-                raise DataError(f"{path} line {n}: expected 'PATH LABEL', got {line.strip()[:80]!r}") from None
-    return out
+                raise DataError(f"{path} line {n}: expected 'PATH LABEL', got {line[:80]!r}") from None
+            yield k
+    names = _chunked(paths(), pa.string())
+    # reversed, so that a lookup's first match (pyarrow.compute.index_in) is the file's last line
+    return names.take(pa.array(np.arange(len(names) - 1, -1, -1))), np.array(labels[::-1], np.int64)
+
+
+def _lookup(names: pa.Array, kv: tuple[pa.Array, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Each name's label in a _kv table (-1 where it has none) and whether it has one."""
+    at = pc.fill_null(pc.index_in(names, value_set=kv[0]), -1).to_numpy()
+    found = at >= 0
+    return (np.where(found, kv[1][np.maximum(at, 0)], -1) if len(kv[1]) else np.full(len(names), -1)), found
 
 
 def clothing1m(root: Path, val_fraction: float, seed: int) -> Source:
     """Noisy train (given = noisy label, clean label where the clean list has the key),
-    clean val, clean test. Recipe: shorter side 256, random 224 crop, flip."""
+    clean val, clean test. Recipe: shorter side 256, random 224 crop, flip. Read as columns
+    (1M keys, paths and labels: ~100 MB, where Python tuples took ~400 MB)."""
     classes = [ln.strip() for ln in _find_txt(root, "category_names_eng.txt").read_text().split("\n") if ln.strip()]
     noisy, clean = _kv(_find_txt(root, "noisy_label_kv.txt")), _kv(_find_txt(root, "clean_label_kv.txt"))
-    keys = lambda n: [ln.strip() for ln in _find_txt(root, n).read_text().split("\n") if ln.strip()]  # noqa: E731
 
-    def records(names, labels, use_clean):
-        out = []
-        for rel in names:
-            if rel not in labels:
-                raise DataError(f"clothing1m: {rel} has no label in its kv file")
-            label = labels[rel]
-            c = label if use_clean else clean.get(rel, -1)
-            out.append((make_key(rel), label, c, str(root / rel)))
-        return out
-    splits = {"train": records(keys("noisy_train_key_list.txt"), noisy, False),
-              "val": records(keys("clean_val_key_list.txt"), clean, True),
-              "test": records(keys("clean_test_key_list.txt"), clean, True)}
+    def records(list_name, labels, use_clean):
+        names = _chunked((ln for _, ln in _lines(_find_txt(root, list_name))), pa.string())
+        label, found = _lookup(names, labels)
+        if not found.all():
+            raise DataError(f"clothing1m: {names[int(np.argmin(found))].as_py()} has no label in its kv file")
+        c = label if use_clean else _lookup(names, clean)[0]
+        keys = _chunked((make_key(rel) for rel in _iter(names)), pa.string())
+        paths = _chunked((str(root / rel) for rel in _iter(names)), pa.string())
+        return Records(keys, label, c, paths)
+    splits = {"train": records("noisy_train_key_list.txt", noisy, False),
+              "val": records("clean_val_key_list.txt", clean, True),
+              "test": records("clean_test_key_list.txt", clean, True)}
     return Source(classes, splits, augment={"size": 224, "resize": 256, "crop": "random", "flip": True})
+
+
+def _iter(strings: pa.Array):
+    for start in range(0, len(strings), CHUNK):
+        yield from strings.slice(start, CHUNK).to_pylist()
 
 
 def _visible(p: Path) -> bool:
@@ -249,15 +296,27 @@ def table(path: Path, val_fraction: float, seed: int, classes: list[str] | None 
 
 
 def check_unique_keys(src: Source) -> None:
-    """Two records with one key would be one sample to every reader: name both sources."""
-    seen: dict[str, object] = {}
-    for recs in src.splits.values():
-        for key, _, _, source in recs:
-            if key in seen:
-                raise DataError(f"duplicate key {key!r}: {_name(seen[key])} and {_name(source)} map to the "
-                                "same sample key (rename one; keys drop the extension and turn '/' and "
-                                "punctuation into '_')")
-            seen[key] = source
+    """Two records with one key would be one sample to every reader: name both sources.
+    Arrow's hash kernels, not a dict of every key (10^6 keys: ~100 MB of dict)."""
+    parts = [r for r in src.splits.values() if len(r)]
+    if not parts:
+        return
+    keys = pa.concat_arrays([r.keys for r in parts])
+    if len(pc.unique(keys)) == len(keys):
+        return
+    counts = pc.value_counts(keys)
+    dup = counts.filter(pc.greater(counts.field("counts"), 1))[0]["values"].as_py()
+    first, second = np.flatnonzero(pc.equal(keys, dup).to_numpy(zero_copy_only=False))[:2]
+    raise DataError(f"duplicate key {dup!r}: {_name(_source_at(parts, first))} and "
+                    f"{_name(_source_at(parts, second))} map to the same sample key (rename one; keys "
+                    "drop the extension and turn '/' and punctuation into '_')")
+
+
+def _source_at(parts: list[Records], i: int):
+    for r in parts:
+        if i < len(r):
+            return r[int(i)][3]
+        i -= len(r)
 
 
 def _name(source) -> str:
@@ -268,7 +327,8 @@ def check_labels(src: Source) -> None:
     """Every given label names a class; every clean label too, or is -1 (unknown)."""
     k = len(src.classes)
     for split, recs in src.splits.items():
-        for key, label, clean, _ in recs:
-            if not 0 <= label < k or not -1 <= clean < k:
-                bad = label if not 0 <= label < k else clean
-                raise DataError(f"{split} sample {key!r}: label {bad} is outside the {k} classes")
+        bad = (recs.labels < 0) | (recs.labels >= k) | (recs.clean < -1) | (recs.clean >= k)
+        if bad.any():
+            key, label, clean, _ = recs[int(np.argmax(bad))]
+            raise DataError(f"{split} sample {key!r}: label {label if not 0 <= label < k else clean} "
+                            f"is outside the {k} classes")
