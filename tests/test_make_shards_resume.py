@@ -123,7 +123,7 @@ def test_a_kill_at_each_step_resumes_to_the_same_bytes(tmp_path, source, referen
                 raise Killed()
             return real(*a, **k)
         return f
-    target = {"record": ("write_json_atomic", 4), "manifest": ("manifest", 0),
+    target = {"record": ("write_json_atomic", 4), "manifest": ("write_manifest", 0),
               "stale": ("remove_stale_shards", 0)}.get(where)
     if target:
         monkeypatch.setattr(make_shards, target[0], die(getattr(make_shards, target[0]), target[1]))

@@ -38,3 +38,10 @@ def test_table_lists_every_pick_and_method(tmp_path):
     text = review_study.table(csv)
     assert "| 500 | top | 0.500 | 250 | 0.8000 | 0.9500 |" in text
     assert "| 0 | none | 0.500 | 0 | 0.7000 | - |" in text
+
+
+def test_balanced_takes_each_predicted_class_in_turn():
+    r = rows()
+    r["predicted"] = np.array([0, 0, 1, 1])           # rows 0, 1 predicted class 0; rows 2, 3 class 1
+    assert review_study.pick(r, "balanced", 2, 0).tolist() == [0, 2]
+    assert review_study.pick(r, "balanced", 3, 0).tolist() == [0, 1, 2]

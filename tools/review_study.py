@@ -13,7 +13,8 @@ their clean labels, written as the review page's CSV (decision relabel with the 
 where the given label is wrong, keep where it is right), and each method is retrained from
 scratch with that file as --label-fixes (fixes apply after the noise, so every run sees the same
 noisy labels elsewhere). Picks: `top` = the K most suspicious of the ranking, `random` = K train
-samples drawn with the seed, or a reviewer's own file (--fixes; K = its decided rows). Precision
+samples drawn with the seed, `balanced` = the most suspicious of each predicted class in turn,
+or a reviewer's own file (--fixes; K = its decided rows). Precision
 is the share of the picked samples whose given label is wrong, i.e. the labels a review fixes.
 One CSV row per finished run; rows already there are skipped, so the study resumes.
 docs/architecture.md section 7 places this in the review loop."""
@@ -50,15 +51,30 @@ def ranked(base: Path) -> dict:
     table = base / "labels" / "label_scores.parquet"
     if not table.is_file():
         detection_auc(base)               # rank_labels into base/labels
-    t = pq.read_table(table, columns=["index", "label", "clean_label", "score"]).to_pydict()
+    cols = ["index", "label", "clean_label", "score", "predictor_pred", "classifier_pred"]
+    t = pq.read_table(table, columns=cols).to_pydict()
     order = np.argsort(-np.asarray(t["score"]), kind="stable")
-    return {c: np.asarray(t[c])[order] for c in ("index", "label", "clean_label")}
+    rows = {c: np.asarray(t[c])[order] for c in cols}
+    # the label a reviewer would be shown as the likely one: the predictor's, else the classifier's
+    rows["predicted"] = np.where(rows["predictor_pred"] >= 0, rows["predictor_pred"], rows["classifier_pred"])
+    return rows
 
 
 def pick(rows: dict, how: str, k: int, seed: int) -> np.ndarray:
-    """Positions into `rows` of the K samples reviewed."""
+    """Positions into `rows` (most suspicious first) of the K samples reviewed: `top` the K
+    most suspicious; `balanced` the most suspicious of each predicted class in turn (a class's
+    1st, then every class's 2nd, ...: what a reviewer working class by class on the page
+    reviews; it needs no clean label); `random` K drawn with the seed."""
+    n = len(rows["index"])
     if how == "top":
-        return np.arange(min(k, len(rows["index"])))
+        return np.arange(min(k, n))
+    if how == "balanced":
+        cls = rows["predicted"]
+        turn = np.empty(n, np.int64)                    # rank of each row inside its class
+        for c in np.unique(cls):
+            at = np.flatnonzero(cls == c)
+            turn[at] = np.arange(len(at))
+        return np.sort(np.lexsort((np.arange(n), turn))[:k])
     return np.sort(np.random.default_rng(seed).choice(len(rows["index"]), size=k, replace=False))
 
 
