@@ -41,6 +41,16 @@ def test_mnist_cnn_via_timm_create_model():
     assert 'mnist_cnn' in timm.list_models('mnist*')
 
 
+def test_mnist_cnn_takes_larger_colour_inputs_and_keeps_28px_exact():
+    model = create_backbone('mnist_cnn', 14, in_chans=3).eval()
+    assert model(torch.randn(2, 3, 64, 64)).shape == (2, 14)
+    small = create_backbone('mnist_cnn', 10).eval()
+    x = torch.randn(2, 1, 28, 28)
+    with torch.no_grad():        # the paper's path: the 1x1 map flattened, no pooling in between
+        ref = small.fc(small.act(small.bn1(small.fc1(small.features(x).flatten(1)))))
+        assert torch.equal(small(x), ref)
+
+
 def test_cifar_resnet34_stem_and_shape():
     model = create_backbone('cifar_resnet34', 10).eval()
     conv = model.conv1
