@@ -2,6 +2,7 @@
 batches. Each stage is a small generator, testable alone with `list(stage(iter([...])))`."""
 import functools
 import io
+import os
 import random
 import tarfile
 from dataclasses import dataclass
@@ -13,7 +14,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from webdataset.gopen import gopen
 
-from pipeline import augment, records, shards
+from pipeline import augment, records, shards, tario
 from pipeline.batch import Tagged
 from pipeline.shards import for_worker
 from pipeline.tario import iter_tar
@@ -144,7 +145,7 @@ def read_tars(urls, skips: list, wanted: dict | None = None):
         want = None if keys is None else (lambda name, keys=keys: records.split_member(name)[0] in keys)
         try:
             with _open(url, seekable=keys is not None) as stream:
-                for sample in _group(iter_tar(stream, want), url, skips):
+                for sample in _group(_members(stream, url, keys, want), url, skips):
                     count += 1
                     yield sample
         except DATA_ERRORS as e:
@@ -152,6 +153,20 @@ def read_tars(urls, skips: list, wanted: dict | None = None):
             continue
         if expected is not None and count < expected:
             skips.append((url, "", f"cut-off tar after {count} samples{of}: it ends early"))
+
+
+def _members(stream, url: str, keys, want):
+    """A local shard read for chosen keys goes through its .idx when there is a usable one
+    (only the chosen samples' headers and data are read); anything else, by its headers."""
+    if keys is not None and not shards.has_scheme(url):
+        path = Path(shards.shard_path(url)).with_suffix(".idx")
+        try:
+            index = tario.read_index(path.read_text(encoding="utf-8"), os.fstat(stream.fileno()).st_size)
+        except (OSError, UnicodeDecodeError, ValueError):
+            index = None
+        if index is not None:
+            return tario.iter_indexed(stream, [m for m in index if records.split_member(m[0][0])[0] in keys])
+    return iter_tar(stream, want)
 
 
 def _open(url: str, seekable: bool):

@@ -79,8 +79,9 @@ def tenths(bar: list, rss: list, batch: int) -> list[dict]:
     first = [(t, n, total) for t, e, n, total in bar if e == bar[0][1]]
     total = first[-1][2]
     out, prev_t, prev_n = [], None, None
+    last = first[-1][1]            # tqdm's last print may fall a few steps short of the total
     for k in range(1, 11):
-        mark = [(t, n) for t, n, _ in first if n >= total * k / 10]
+        mark = [(t, n) for t, n, _ in first if n >= min(total * k / 10, last)]
         if not mark:
             break
         t, n = mark[0]
