@@ -137,11 +137,11 @@ def given_labels(ds: Dataset, noise: str, pairs: str, seed: int, fixes_file: str
     if not fixes_file:
         return table, None
     from pipeline.fixes import read_fixes
-    fixes = _flagged("--label-fixes", read_fixes, fixes_file, _manifest_keys(ds), ds.card["num_indices"], ds.classes)
+    fixes = _flagged("--label-fixes", read_fixes, fixes_file, manifest_keys(ds), ds.card["num_indices"], ds.classes)
     return FixedLabels(table, fixes.relabel, ds.card["num_indices"]), fixes
 
 
-def _manifest_keys(ds: Dataset) -> dict[str, int]:
+def manifest_keys(ds: Dataset) -> dict[str, int]:
     """key -> index over the manifest (one Python string a sample: ~100 MB at 10^6, read once)."""
     t = pq.read_table(ds.card_path.with_suffix(".parquet"), columns=["key", "index"])
     return dict(zip(t.column("key").to_pylist(), t.column("index").to_pylist()))

@@ -57,12 +57,7 @@ def iter_tar(stream, want=None):
             if header and header.strip(b"\0"):
                 raise EOFError("tar cut off inside a header")
             return
-        if _octal(header[148:156]) != sum(header[:148]) + 256 + sum(header[156:]):
-            raise ValueError("bad tar header checksum")
-        size, kind = _octal(header[124:136]), header[156:157]
-        if size > MAX_MEMBER:
-            name = header[:100].rstrip(b"\0").decode("utf-8", "replace")
-            raise ValueError(f"tar member {name!r} declares {size} bytes, above the {MAX_MEMBER >> 20} MiB limit")
+        size, kind = _checked(header)
         padded = (size + BLOCK - 1) // BLOCK * BLOCK
         if kind in (b"L", b"x"):                  # the next member's long name
             body = _read(stream, padded)[:size]
@@ -75,6 +70,17 @@ def iter_tar(stream, want=None):
             _pass(stream, padded, seek)
             continue
         yield name, _read(stream, padded)[:size]
+
+
+def _checked(header: bytes) -> tuple[int, bytes]:
+    """(size, type) of a 512-byte header whose checksum holds and whose size is allowed."""
+    if _octal(header[148:156]) != sum(header[:148]) + 256 + sum(header[156:]):
+        raise ValueError("bad tar header checksum")
+    size = _octal(header[124:136])
+    if size > MAX_MEMBER:
+        name = header[:100].rstrip(b"\0").decode("utf-8", "replace")
+        raise ValueError(f"tar member {name!r} declares {size} bytes, above the {MAX_MEMBER >> 20} MiB limit")
+    return size, header[156:157]
 
 
 def _header_name(header: bytes) -> str:
@@ -144,10 +150,8 @@ def iter_indexed(stream, samples: list[list[tuple[str, int, int]]]):
             header = stream.read(BLOCK)
             if len(header) < BLOCK:
                 raise EOFError("tar cut off inside a header")
-            if _octal(header[148:156]) != sum(header[:148]) + 256 + sum(header[156:]):
-                raise ValueError("bad tar header checksum")
             found = _header_name(header)
-            if _octal(header[124:136]) != size or (found != name and not (len(name) > 99 and name.startswith(found))):
+            if _checked(header)[0] != size or (found != name and not (len(name) > 99 and name.startswith(found))):
                 raise ValueError(f"the shard's .idx does not match its tar at {name!r} (found {found!r}): "
                                  "rewrite the index (make_shards writes both)")
             data = _read(stream, size)

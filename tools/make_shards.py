@@ -17,7 +17,6 @@ with j % N == I - 1 (no card); --merge checks every shard is there and writes ca
 --label-fixes applies a reviewer's relabels and drops (pipeline.fixes) to the shards written."""
 import argparse
 import collections
-import ctypes
 import hashlib
 import io
 import json
@@ -38,8 +37,7 @@ import numpy as np
 # malloc, measured on synth_clothing --n 100000); the bytes written are the same. Read when
 # pyarrow is first imported, so only where make_shards runs as the command.
 os.environ.setdefault("ARROW_DEFAULT_MEMORY_POOL", "system")
-import pyarrow as pa  # noqa: E402  (after the allocator choice above)
-import pyarrow.parquet as pq  # noqa: E402
+import pyarrow  # noqa: E402,F401  (loaded here, after the allocator choice above)
 from PIL import Image
 from tqdm import tqdm
 
@@ -49,32 +47,10 @@ from pipeline.records import encode_sample
 from pipeline.shards import DataError
 from pipeline.writer import write_tar
 from tools import shard_sources
-from tools.source_columns import Records
+from tools.shard_manifest import write_manifest
+from tools.source_columns import Records, fix_mmap_threshold, release_memory
 
 FORMATS = ("mnist", "clothing1m", "imagefolder", "table")
-
-
-# glibc keeps what the reading of a big source frees: after the first large free it raises its
-# mmap threshold, so later large buffers (Arrow's) come from the heap and stay resident, and the
-# free pages left inside the heap by ~10^6 short-lived strings are not given back either. A
-# fixed threshold (mallopt) and malloc_trim after each big step return them. Measured on
-# synth_clothing --n 1000000, RSS after reading the source: 274 MB -> 141 MB (the columns
-# themselves are 65 MB). Elsewhere than glibc both are skipped.
-def _libc():
-    try:
-        return ctypes.CDLL("libc.so.6")
-    except OSError:
-        return None
-
-
-def fix_mmap_threshold() -> None:
-    if (libc := _libc()) is not None:
-        libc.mallopt(-3, 256 << 10)               # M_MMAP_THRESHOLD, bytes
-
-
-def release_memory() -> None:
-    if (libc := _libc()) is not None:
-        libc.malloc_trim(0)
 
 
 def encode_image(source, resize: int, quality: int) -> tuple[bytes, str]:
@@ -381,65 +357,6 @@ def drop_empty_shards(results: list[dict], out: Path) -> list[dict]:
                 os.replace((out / r["file"]).with_suffix(".idx"), (out / new).with_suffix(".idx"))
                 r["file"] = new
     return [r for r in results if r["count"]]
-
-
-MANIFEST_SCHEMA = pa.schema([
-    ("key", pa.string()), ("split", pa.string()), ("shard", pa.string()), ("index", pa.int64()),
-    ("label", pa.int64()), ("clean_label", pa.int64()), ("source", pa.string())])
-
-
-MANIFEST_ROWS = 1 << 16          # rows per Parquet row group, built and written one at a time
-
-
-def manifest_groups(p: Plan, results: list[dict]):
-    """The manifest, one row per written sample (the plan minus each shard's skips), as Arrow
-    tables of whole shards and about MANIFEST_ROWS rows each, for one Parquet row group each:
-    the whole manifest never exists in memory (at 10^6 samples it was ~100 MB, and the Parquet
-    writer's buffers on top of it)."""
-    group, rows = [], 0
-    for r in results:
-        recs, index = p.splits[r["split"]]
-        pos = np.arange(r["start"], r["stop"])
-        if r["skipped_index"]:
-            pos = pos[~np.isin(index[pos], r["skipped_index"])]
-        group.append((recs, index, pos, r))
-        rows += len(pos)
-        if rows >= MANIFEST_ROWS:
-            yield manifest_table(group)
-            group, rows = [], 0
-    if group or not results:
-        yield manifest_table(group)
-
-
-def manifest_table(parts: list[tuple]) -> pa.Table:
-    """One column at a time, straight from the plan's columns (~100 bytes a sample)."""
-    sizes = [len(pos) for *_, pos, _ in parts]
-    arrow = lambda get, kind: (pa.concat_arrays([get(recs).take(pa.array(pos)) for recs, _, pos, _ in parts])  # noqa: E731
-                               if parts else pa.array([], kind))
-    ints = lambda get: pa.array(np.concatenate([get(recs, index)[pos] for recs, index, pos, _ in parts])  # noqa: E731
-                                if parts else np.zeros(0, np.int64), pa.int64())
-    cols = {"key": arrow(lambda recs: recs.keys, pa.string()),
-            "split": repeated([r["split"] for *_, r in parts], sizes),
-            "shard": repeated([r["file"] for *_, r in parts], sizes),
-            "index": ints(lambda recs, index: index),
-            "label": ints(lambda recs, index: recs.labels),
-            "clean_label": ints(lambda recs, index: recs.clean),
-            "source": arrow(lambda recs: recs.source_texts(), pa.string())}
-    return pa.table(cols, schema=MANIFEST_SCHEMA)
-
-
-def write_manifest(p: Plan, results: list[dict], path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with pq.ParquetWriter(tmp, MANIFEST_SCHEMA) as w:
-        for table in manifest_groups(p, results):
-            w.write_table(table)
-            release_memory()
-    os.replace(tmp, path)
-
-
-def repeated(values: list[str], sizes: list[int]) -> pa.Array:
-    """values[k] sizes[k] times, without a Python object per row."""
-    return pa.array(values, pa.string()).take(pa.array(np.repeat(np.arange(len(values)), sizes)))
 
 
 def card_options(args, for_fingerprint: bool = False) -> dict:

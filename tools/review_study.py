@@ -93,11 +93,9 @@ def oracle_fixes(rows: dict, picked: np.ndarray, out: Path) -> tuple[float, int]
 def reviewer_stats(rows: dict, fixes: Path, shards: Path) -> tuple[int, float, int]:
     """K, precision and the number of labels a real reviewer's file set to the clean label."""
     from pipeline.fixes import read_fixes
-    from pipeline.loader import resolve
+    from pipeline.loader import manifest_keys, resolve
     ds = resolve([str(shards)])
-    m = pq.read_table(ds.card_path.with_suffix(".parquet"), columns=["key", "index"])
-    keys = dict(zip(m.column("key").to_pylist(), m.column("index").to_pylist()))
-    f = read_fixes(fixes, keys, ds.card["num_indices"], ds.classes)
+    f = read_fixes(fixes, manifest_keys(ds), ds.card["num_indices"], ds.classes)
     pos = {int(ix): j for j, ix in enumerate(rows["index"])}
     decided = [pos[i] for i in (*f.relabel, *f.drop, *f.kept) if i in pos]
     wrong = rows["label"][decided] != rows["clean_label"][decided]

@@ -6,6 +6,7 @@ dataset (issue 16). Here keys and paths are Arrow strings (their bytes plus a 4-
 labels int32 arrays, in-memory images (MNIST) one uint8 array: ~(len(key) + len(path) + 16)
 bytes a sample. It still reads as a sequence of the same tuples, made one at a time, so the
 code that writes shards does not change."""
+import ctypes
 from collections.abc import Sequence
 
 import numpy as np
@@ -85,3 +86,26 @@ def _same(a: tuple, b: tuple) -> bool:
 
 def as_records(recs) -> Records:
     return recs if isinstance(recs, Records) else Records.from_tuples(recs)
+
+
+# glibc keeps what the reading of a big source frees: after the first large free it raises its
+# mmap threshold, so later large buffers (Arrow's) come from the heap and stay resident, and the
+# free pages left inside the heap by ~10^6 short-lived strings are not given back either. A
+# fixed threshold (mallopt) and malloc_trim after each big step return them. Measured on
+# synth_clothing --n 1000000, RSS after reading the source: 274 MB -> 141 MB (the columns
+# themselves are 65 MB). Elsewhere than glibc both are skipped.
+def _libc():
+    try:
+        return ctypes.CDLL("libc.so.6")
+    except OSError:
+        return None
+
+
+def fix_mmap_threshold() -> None:
+    if (libc := _libc()) is not None:
+        libc.mallopt(-3, 256 << 10)               # M_MMAP_THRESHOLD, bytes
+
+
+def release_memory() -> None:
+    if (libc := _libc()) is not None:
+        libc.malloc_trim(0)
