@@ -49,3 +49,31 @@ def test_cell_recipes():
     assert flag(dmi, "--init-from") == "ce-run" and flag(dmi, "--epochs") == "15" and flag(dmi, "--lr") == "1e-4"
     capped = cell_args("limit_l-s", 0.0, 10000, 0, d, d, d, max_epochs=60, extra=["--beta", "3"])
     assert flag(capped, "--epochs") == "60" and flag(capped, "--beta") == "3"
+
+
+def test_init_cell_starts_its_predictor_from_a_short_ce_run(tmp_path):
+    """limit_l-s+init: a CE run of the predictor's backbone first (its epochs taken from the
+    cell's budget), then LIMIT with --init-from it; one CSV row, the CE run reused on resume."""
+    import json
+    from pathlib import Path
+
+    from tools.reproduce import cell_args, paper, warmup_args
+    d = Path("d")
+    run = Path("runs/limit_l-s+init-p0.8-n10000-s1")
+    lim = cell_args("limit_l-s+init", 0.8, 10000, 1, d, run, d)
+    warm = warmup_args("limit_l-s+init", 0.8, 10000, 1, d, run)
+    last = lambda args, name: args[len(args) - 1 - args[::-1].index(name) + 1]  # noqa: E731
+    assert last(lim, "--init-from") == "runs/ce2bn-p0.8-n10000-s1" and last(lim, "--init-target") == "predictor"
+    assert last(lim, "--epochs") == "58" and last(lim, "--batch-size") == "64"
+    assert last(warm, "--out") == "runs/ce2bn-p0.8-n10000-s1" and last(warm, "--method") == "ce"
+    assert last(warm, "--model") == "mnist_cnn_bn" and last(warm, "--epochs") == "2" and last(warm, "--seed") == "1"
+    assert paper("limit_l-s+init", 0.8, 10000) == "0.939"
+    shards = make_digit_shards(tmp_path / "d", n_train=500, n_test=100)
+    argv = ["--shards", str(shards), "--methods", "limit_l-s+init", "--p", "0.5", "--n", "300", "--seeds", "0",
+            "--runs", str(tmp_path / "runs"), "--csv", str(tmp_path / "r.csv"), "--max-epochs", "3"]
+    assert main(argv) == 0
+    rows = list(csv.DictReader(open(tmp_path / "r.csv")))
+    assert [r["method"] for r in rows] == ["limit_l-s+init"] and rows[0]["epochs"] == "1"
+    cfg = json.loads((tmp_path / "runs/limit_l-s+init-p0.5-n300-s0/config.json").read_text())
+    assert cfg["init_from"].endswith("ce2bn-p0.5-n300-s0") and cfg["init_target"] == "predictor"
+    assert json.loads((tmp_path / "runs/ce2bn-p0.5-n300-s0/final.json").read_text())["epochs"] == 2

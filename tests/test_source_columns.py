@@ -1,8 +1,10 @@
 """tools/source_columns.Records and the Clothing1M reader that builds it (issue 16: a split as
 columns, not a Python tuple a sample, so make_shards' memory does not grow with the set)."""
 import numpy as np
+import pyarrow as pa
 import pytest
 
+from pipeline.records import make_key
 from pipeline.shards import DataError
 from tools import shard_sources, source_columns
 from tools.source_columns import Records
@@ -25,7 +27,7 @@ def test_in_memory_images_stay_one_array():
     images = np.arange(3 * 4, dtype=np.uint8).reshape(3, 2, 2)
     r = Records.from_tuples([(f"k{i}", i, i, images[i]) for i in range(3)])
     assert r.in_memory and r.sources.shape == (3, 2, 2)
-    assert np.array_equal(r[2][3], images[2]) and r.source_texts().to_pylist() == ["", "", ""]
+    assert np.array_equal(r[2][3], images[2]) and r.text_columns([0, 1, 2])[1].to_pylist() == ["", "", ""]
 
 
 def write_c1m(root, noisy, clean, train, val, test):
@@ -64,3 +66,40 @@ def test_duplicate_keys_and_bad_labels_are_named(tmp_path):
     src = shard_sources.Source(["a", "b"], {"train": ROWS})
     with pytest.raises(DataError, match="train sample 'c': label 2 is outside the 2 classes"):
         shard_sources.check_labels(src)
+
+
+def test_derived_keys_and_paths_read_as_the_tuples_they_stand_for(monkeypatch):
+    """A Clothing1M split keeps its names alone; key and path are made when a row is read."""
+    monkeypatch.setattr(source_columns, "CHUNK", 2)
+    names = ["images/0/a.jpg", "images/1/b.jpg", "images/1/c.png"]
+    r = Records(None, [1, 0, 2], [-1, 0, 2], pa.chunked_array([names[:2], names[2:]]), root="/data/c1m")
+    want = [(make_key(n), y, c, f"/data/c1m/{n}") for n, y, c in zip(names, (1, 0, 2), (-1, 0, 2))]
+    assert list(r) == want and r[1] == want[1] and r[-1] == want[2]
+    assert list(r.take([2, 0])) == [want[2], want[0]]
+    assert list(r.with_labels(np.array([7, 8, 9])))[0] == (want[0][0], 7, -1, want[0][3])
+    assert list(r.iter_keys()) == r.keys.to_pylist() == [w[0] for w in want]
+    keys, sources = r.text_columns([1, 2])
+    assert keys.to_pylist() == [want[1][0], want[2][0]] and sources.to_pylist() == [want[1][3], want[2][3]]
+
+
+def test_duplicate_check_compares_keys_whose_hashes_meet(monkeypatch):
+    """Every key hashed alike (a forced collision): distinct keys pass, a real duplicate is named."""
+    monkeypatch.setattr(shard_sources, "hash", lambda key: 7, raising=False)
+    shard_sources.check_unique_keys(shard_sources.Source(["a", "b", "c"], {"train": ROWS}))
+    src = shard_sources.Source(["a", "b", "c"], {"train": ROWS, "test": [("c", 1, 1, "/z/c.png")]})
+    with pytest.raises(DataError, match="duplicate key 'c': /x/c.jpg and /z/c.png"):
+        shard_sources.check_unique_keys(src)
+
+
+def test_clothing1m_label_lookup_crosses_chunks(tmp_path, monkeypatch):
+    """The label files are joined by digest, CHUNK lines at a time; a path listed again in a
+    later chunk keeps its last label."""
+    monkeypatch.setattr(shard_sources, "CHUNK", 3)
+    train = [f"images/0/{i}.jpg" for i in range(8)]
+    noisy = "".join(f"{p} {i % 3}\n" for i, p in enumerate(train)) + f"{train[1]} 2\n"
+    write_c1m(tmp_path, noisy, f"{train[4]} 0\nimages/1/v.jpg 1\n", "\n".join(train) + "\n", "images/1/v.jpg\n", "")
+    src = shard_sources.clothing1m(tmp_path, 0.0, 0)
+    rows = list(src.splits["train"])
+    assert [r[1] for r in rows] == [0, 2, 2, 0, 1, 2, 0, 1]
+    assert [r[2] for r in rows] == [-1, -1, -1, -1, 0, -1, -1, -1]
+    assert rows[3] == ("images_0_3", 0, -1, str(tmp_path / "images/0/3.jpg"))

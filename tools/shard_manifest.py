@@ -41,17 +41,17 @@ def manifest_groups(p, results: list[dict]):
 def manifest_table(parts: list[tuple]) -> pa.Table:
     """One column at a time, straight from the plan's columns (~100 bytes a sample)."""
     sizes = [len(pos) for *_, pos, _ in parts]
-    arrow = lambda get, kind: (pa.concat_arrays([get(recs).take(pa.array(pos)) for recs, _, pos, _ in parts])  # noqa: E731
-                               if parts else pa.array([], kind))
+    texts = [recs.text_columns(pos) for recs, _, pos, _ in parts]
+    strings = lambda k: pa.concat_arrays([t[k] for t in texts]) if parts else pa.array([], pa.string())  # noqa: E731
     ints = lambda get: pa.array(np.concatenate([get(recs, index)[pos] for recs, index, pos, _ in parts])  # noqa: E731
                                 if parts else np.zeros(0, np.int64), pa.int64())
-    cols = {"key": arrow(lambda recs: recs.keys, pa.string()),
+    cols = {"key": strings(0),
             "split": repeated([r["split"] for *_, r in parts], sizes),
             "shard": repeated([r["file"] for *_, r in parts], sizes),
             "index": ints(lambda recs, index: index),
             "label": ints(lambda recs, index: recs.labels),
             "clean_label": ints(lambda recs, index: recs.clean),
-            "source": arrow(lambda recs: recs.source_texts(), pa.string())}
+            "source": strings(1)}
     return pa.table(cols, schema=MANIFEST_SCHEMA)
 
 

@@ -5,6 +5,7 @@ a uint8 pixel array. Every layout returns the same thing, so the writer never br
 split is a tools.source_columns.Records (columns, not a Python object a sample; the
 Clothing1M reader builds the columns directly, the smaller layouts give tuples, converted)."""
 import errno
+import hashlib
 import os
 import random
 import re
@@ -14,7 +15,6 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from pipeline.records import make_key
 from pipeline.shards import DataError
@@ -97,8 +97,9 @@ def _lines(path: Path):
                 yield n, line.strip()
 
 
-def _chunked(items, kind) -> pa.Array:
-    """One Arrow array from a stream, CHUNK values at a time (no list of the whole stream)."""
+def _chunked(items, kind) -> pa.ChunkedArray:
+    """An Arrow column from a stream, CHUNK values at a time: no list of the whole stream, and
+    no concatenated copy (at 10^6 paths, that copy was the conversion's peak)."""
     chunks, buf = [], []
     for v in items:
         buf.append(v)
@@ -106,42 +107,69 @@ def _chunked(items, kind) -> pa.Array:
             chunks.append(pa.array(buf, kind))
             buf = []
     chunks.append(pa.array(buf, kind))
-    return pa.concat_arrays(chunks)
+    return pa.chunked_array(chunks, kind)
 
 
-def _kv(path: Path) -> tuple[pa.Array, np.ndarray]:
-    """A 'PATH LABEL' file as (paths, labels); a path listed twice keeps its last label."""
-    labels = []
-
-    def paths():
-        for n, line in _lines(path):
-            try:
-                k, v = line.split()
-                labels.append(int(v))
-            except ValueError:
-                raise DataError(f"{path} line {n}: expected 'PATH LABEL', got {line[:80]!r}") from None
-            yield k
-    names = _chunked(paths(), pa.string())
-    # reversed, so that a lookup's first match (pyarrow.compute.index_in) is the file's last line
-    return names.take(pa.array(np.arange(len(names) - 1, -1, -1))), np.array(labels[::-1], np.int64)
+def _digests(names: list[str]) -> np.ndarray:
+    """A 128-bit BLAKE2b digest per name (numpy V16): the label files are joined on digests,
+    which sort and search as 16-byte values, instead of a hash table of 10^6 strings (that
+    table was the conversion's peak memory). Two names share a digest with odds ~n^2 / 2^129."""
+    return np.frombuffer(b"".join(hashlib.blake2b(n.encode("utf-8", "surrogateescape"), digest_size=16).digest()
+                                  for n in names), "V16")
 
 
-def _key_list(path: Path) -> pa.Array:
+def _column_digests(names: pa.ChunkedArray) -> np.ndarray:
+    return np.concatenate([_digests(names.slice(i, CHUNK).to_pylist()) for i in range(0, len(names), CHUNK)]
+                          or [np.zeros(0, "V16")])
+
+
+def _kv(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """A 'PATH LABEL' file as (sorted digests of the paths, their labels); a path listed twice
+    keeps its last label. The paths themselves are not kept."""
+    digests, labels, names, values = [], [], [], []
+    for n, line in _lines(path):
+        try:
+            k, v = line.split()
+            values.append(int(v))
+        except ValueError:
+            raise DataError(f"{path} line {n}: expected 'PATH LABEL', got {line[:80]!r}") from None
+        names.append(k)
+        if len(names) == CHUNK:
+            digests.append(_digests(names))
+            labels.append(np.array(values, np.int64))
+            names, values = [], []
+    digests.append(_digests(names))
+    labels.append(np.array(values, np.int64))
+    d, y = np.concatenate(digests), np.concatenate(labels)
+    del digests, labels                                # before the sort's copies: the peak
+    order = np.argsort(d, kind="stable")               # stable: a path's lines stay in file order
+    d, y = d[order], y[order]
+    del order
+    last = np.append(d[1:] != d[:-1], True)            # the last line of each path
+    return d[last], y[last]
+
+
+def _key_list(path: Path) -> pa.ChunkedArray:
     return _chunked((ln for _, ln in _lines(path)), pa.string())
 
 
-def _lookup(names: pa.Array, kv: tuple[pa.Array, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+def _lookup(names: pa.ChunkedArray, kv: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     """Each name's label in a _kv table (-1 where it has none) and whether it has one."""
-    at = pc.fill_null(pc.index_in(names, value_set=kv[0]), -1).to_numpy()
-    found = at >= 0
-    return (np.where(found, kv[1][np.maximum(at, 0)], -1) if len(kv[1]) else np.full(len(names), -1)), found
+    d, y = kv
+    q = _column_digests(names)
+    if not len(d):
+        return np.full(len(q), -1, np.int64), np.zeros(len(q), bool)
+    at = np.minimum(np.searchsorted(d, q), len(d) - 1)
+    found = d[at] == q
+    return np.where(found, y[at], -1), found
 
 
 def clothing1m(root: Path, val_fraction: float, seed: int) -> Source:
     """Noisy train (given = noisy label, clean label where the clean list has the key),
-    clean val, clean test. Recipe: shorter side 256, random 224 crop, flip. Read as columns,
-    the label files dropped before the keys and paths are made (10^6 samples: ~65 MB of
-    columns, where Python tuples took ~400 MB)."""
+    clean val, clean test. Recipe: shorter side 256, random 224 crop, flip. Read as columns:
+    the label files as digests and labels, each split as its names alone (key and path are
+    made from the name when read; tools/source_columns.Records): at 10^6 samples ~40 MB, where
+    Python tuples took ~400 MB."""
     classes = [ln.strip() for ln in _find_txt(root, "category_names_eng.txt").read_text().split("\n") if ln.strip()]
     lists = {"train": "noisy_train_key_list.txt", "val": "clean_val_key_list.txt", "test": "clean_test_key_list.txt"}
     names = {split: _key_list(_find_txt(root, name)) for split, name in lists.items()}
@@ -150,19 +178,13 @@ def clothing1m(root: Path, val_fraction: float, seed: int) -> Source:
     for split in ("val", "test"):
         labels[split] = (_known(names[split], clean),) * 2
     train_clean = _lookup(names["train"], clean)[0]
-    noisy = _kv(_find_txt(root, "noisy_label_kv.txt"))
-    labels["train"] = (_known(names["train"], noisy), train_clean)
-    del clean, noisy
-    splits = {}
-    for split in lists:
-        keys = _chunked((make_key(rel) for rel in _iter(names[split])), pa.string())
-        paths = _chunked((str(root / rel) for rel in _iter(names[split])), pa.string())
-        splits[split] = Records(keys, *labels[split], paths)
-        names[split] = None                       # each list freed once its columns exist
+    del clean
+    labels["train"] = (_known(names["train"], _kv(_find_txt(root, "noisy_label_kv.txt"))), train_clean)
+    splits = {split: Records(None, *labels[split], names[split], root=str(root)) for split in lists}
     return Source(classes, splits, augment={"size": 224, "resize": 256, "crop": "random", "flip": True})
 
 
-def _known(names: pa.Array, kv) -> np.ndarray:
+def _known(names: pa.ChunkedArray, kv) -> np.ndarray:
     label, found = _lookup(names, kv)
     if not found.all():
         raise DataError(f"clothing1m: {names[int(np.argmin(found))].as_py()} has no label in its kv file")
@@ -311,25 +333,31 @@ def table(path: Path, val_fraction: float, seed: int, classes: list[str] | None 
 
 def check_unique_keys(src: Source) -> None:
     """Two records with one key would be one sample to every reader: name both sources.
-    Arrow's hash kernels, not a dict of every key (10^6 keys: ~100 MB of dict)."""
+    An int64 hash per key (Python's, in this process), sorted: 8 bytes a sample, where a hash
+    table of the strings (pyarrow's unique) was the conversion's peak at 10^6 samples (+75 MB).
+    Keys whose hashes meet are compared as text, so a hash collision is no false alarm."""
     parts = [r for r in src.splits.values() if len(r)]
     if not parts:
         return
-    keys = pa.chunked_array([r.keys for r in parts])       # no copy of the keys
-    if len(pc.unique(keys)) == len(keys):
-        return
-    counts = pc.value_counts(keys)
-    dup = counts.filter(pc.greater(counts.field("counts"), 1))[0]["values"].as_py()
-    first, second = np.flatnonzero(pc.equal(keys, dup).to_numpy(zero_copy_only=False))[:2]
-    raise DataError(f"duplicate key {dup!r}: {_name(_source_at(parts, first))} and "
-                    f"{_name(_source_at(parts, second))} map to the same sample key (rename one; keys "
-                    "drop the extension and turn '/' and punctuation into '_')")
+    hashes = np.fromiter((hash(k) for r in parts for k in r.iter_keys()), np.int64, sum(map(len, parts)))
+    order = np.argsort(hashes, kind="stable")
+    sorted_ = hashes[order]
+    met = np.flatnonzero(sorted_[1:] == sorted_[:-1])
+    for h in np.unique(sorted_[met]):               # usually none: hashes that meet
+        seen = {}
+        for i in order[np.searchsorted(sorted_, h):np.searchsorted(sorted_, h, side="right")].tolist():
+            key, _, _, source = _record_at(parts, i)
+            if key in seen:
+                raise DataError(f"duplicate key {key!r}: {_name(seen[key])} and {_name(source)} map to the "
+                                "same sample key (rename one; keys drop the extension and turn '/' and "
+                                "punctuation into '_')")
+            seen[key] = source
 
 
-def _source_at(parts: list[Records], i: int):
+def _record_at(parts: list[Records], i: int) -> tuple:
     for r in parts:
         if i < len(r):
-            return r[int(i)][3]
+            return r[int(i)]
         i -= len(r)
 
 

@@ -2,28 +2,38 @@
 
 A conversion of 10^6 samples held as a list of (key, label, clean, path) tuples costs ~400 bytes
 a sample in Python objects, and that list is what made make_shards' memory grow with the
-dataset (issue 16). Here keys and paths are Arrow strings (their bytes plus a 4-byte offset),
-labels int32 arrays, in-memory images (MNIST) one uint8 array: ~(len(key) + len(path) + 16)
-bytes a sample. It still reads as a sequence of the same tuples, made one at a time, so the
-code that writes shards does not change."""
+dataset (issue 16). Here names are Arrow strings (their bytes plus a 4-byte offset), labels
+int32 arrays, in-memory images (MNIST) one uint8 array. A layout whose key and path both
+follow from one name (Clothing1M: key = make_key(name), path = root/name) keeps only the
+names, and each key and path is made when it is read: ~(len(name) + 12) bytes a sample. It
+still reads as a sequence of the same tuples, made a chunk at a time, so the code that writes
+shards does not change."""
 import ctypes
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+
+from pipeline.records import make_key
 
 CHUNK = 65536      # tuples made at a time while iterating: bounded, whatever the split's size
 
 
 class Records(Sequence):
-    """(key, label, clean_label, source) per sample; source a file path (str) or an image array."""
+    """(key, label, clean_label, source) per sample; source a file path (str) or an image array.
 
-    def __init__(self, keys: pa.Array, labels, clean, sources):
-        self.keys = keys.combine_chunks() if isinstance(keys, pa.ChunkedArray) else keys
+    keys None: each key is make_key(name) of its name in `sources`. root set: `sources` are
+    names relative to it, and a sample's path is str(Path(root) / name)."""
+
+    def __init__(self, keys, labels, clean, sources, root: str | None = None):
+        self._keys = keys               # an Array or a ChunkedArray (no combined copy of 10^6 strings)
         self.labels = np.asarray(labels, dtype=np.int32)
         self.clean = np.asarray(clean, dtype=np.int32)
-        self.sources = sources.combine_chunks() if isinstance(sources, pa.ChunkedArray) else sources
-        if not len(self.keys) == len(self.labels) == len(self.clean) == len(self.sources):
+        self.sources = sources
+        self.root = root
+        if not (len(self.labels) == len(self.clean) == len(self.sources)
+                and (keys is None or len(keys) == len(self.labels))):
             raise ValueError("Records: columns of different lengths")
 
     @classmethod
@@ -51,16 +61,37 @@ class Records(Sequence):
             return self.take(np.arange(len(self))[i])
         if not -len(self) <= i < len(self):
             raise IndexError(i)
-        source = self.sources[i] if self.in_memory else self.sources[i].as_py()
-        return self.keys[i].as_py(), int(self.labels[i]), int(self.clean[i]), source
+        i %= len(self)
+        (key,), (source,) = self._texts(i, i + 1)
+        return key, int(self.labels[i]), int(self.clean[i]), source
 
     def __iter__(self):
         for start in range(0, len(self), CHUNK):
             stop = min(start + CHUNK, len(self))
-            keys = self.keys.slice(start, stop - start).to_pylist()
-            sources = (self.sources[start:stop] if self.in_memory
-                       else self.sources.slice(start, stop - start).to_pylist())
+            keys, sources = self._texts(start, stop)
             yield from zip(keys, self.labels[start:stop].tolist(), self.clean[start:stop].tolist(), sources)
+
+    def _texts(self, start: int, stop: int) -> tuple[list, list]:
+        """Keys and sources of rows start..stop, made from the names where they are derived."""
+        if self.in_memory:
+            return self._keys.slice(start, stop - start).to_pylist(), self.sources[start:stop]
+        names = self.sources.slice(start, stop - start).to_pylist()
+        keys = (self._keys.slice(start, stop - start).to_pylist() if self._keys is not None
+                else [make_key(n) for n in names])
+        if self.root is not None:
+            root = Path(self.root)
+            names = [str(root / n) for n in names]
+        return keys, names
+
+    def iter_keys(self):
+        """Every key, a chunk at a time (nothing the size of the split)."""
+        for start in range(0, len(self), CHUNK):
+            yield from self._texts(start, min(start + CHUNK, len(self)))[0]
+
+    @property
+    def keys(self) -> pa.Array:
+        """The key column (made whole when derived: for small uses, e.g. --label-fixes' lookup)."""
+        return self._keys if self._keys is not None else pa.array(list(self.iter_keys()), pa.string())
 
     def __eq__(self, other) -> bool:
         if not isinstance(other, Sequence) or len(other) != len(self):
@@ -70,14 +101,18 @@ class Records(Sequence):
     def take(self, positions) -> "Records":
         positions = np.asarray(positions, dtype=np.int64)
         sources = self.sources[positions] if self.in_memory else self.sources.take(pa.array(positions))
-        return Records(self.keys.take(pa.array(positions)), self.labels[positions], self.clean[positions], sources)
+        keys = None if self._keys is None else self._keys.take(pa.array(positions))
+        return Records(keys, self.labels[positions], self.clean[positions], sources, self.root)
 
     def with_labels(self, labels: np.ndarray) -> "Records":
-        return Records(self.keys, labels, self.clean, self.sources)
+        return Records(self._keys, labels, self.clean, self.sources, self.root)
 
-    def source_texts(self) -> pa.Array:
-        """The manifest's source column: paths, or '' for in-memory images."""
-        return pa.array([""] * len(self), pa.string()) if self.in_memory else self.sources
+    def text_columns(self, positions) -> tuple[pa.Array, pa.Array]:
+        """The manifest's key and source columns at `positions` (source '' for in-memory images)."""
+        part = self.take(positions)
+        keys, sources = part._texts(0, len(part))
+        return (pa.array(keys, pa.string()),
+                pa.array([""] * len(part) if part.in_memory else sources, pa.string()))
 
 
 def _same(a: tuple, b: tuple) -> bool:
