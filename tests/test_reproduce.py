@@ -68,6 +68,14 @@ def test_init_cell_starts_its_predictor_from_a_short_ce_run(tmp_path):
     assert last(warm, "--out") == "runs/ce2bn-p0.8-n10000-s1" and last(warm, "--method") == "ce"
     assert last(warm, "--model") == "mnist_cnn_bn" and last(warm, "--epochs") == "2" and last(warm, "--seed") == "1"
     assert paper("limit_l-s+init", 0.8, 10000) == "0.939"
+    # the cheap head starts the classifier (the head reads its features) from a 5-epoch CE run
+    head_run = Path("runs/limit_head+init-p0.8-n10000-s1")
+    head = cell_args("limit_head+init", 0.8, 10000, 1, d, head_run, d)
+    head_warm = warmup_args("limit_head+init", 0.8, 10000, 1, d, head_run)
+    assert last(head, "--init-from") == "runs/ce5-p0.8-n10000-s1" and last(head, "--init-target") == "classifier"
+    assert last(head, "--predictor") == "head" and last(head, "--epochs") == "55"
+    assert last(head, "--predictor-warmup") == "1"
+    assert last(head_warm, "--model") == "mnist_cnn" and last(head_warm, "--epochs") == "5"
     shards = make_digit_shards(tmp_path / "d", n_train=500, n_test=100)
     argv = ["--shards", str(shards), "--methods", "limit_l-s+init", "--p", "0.5", "--n", "300", "--seeds", "0",
             "--runs", str(tmp_path / "runs"), "--csv", str(tmp_path / "r.csv"), "--max-epochs", "3"]

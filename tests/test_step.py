@@ -72,3 +72,33 @@ def test_samples_skipped_counts_each_epochs_losses_once(shards, tmp_path):
     rows = runfolder.read_jsonl(tmp_path / "r" / "metrics.jsonl")
     assert [r["samples_skipped"] for r in rows] == [2, 2, 2]
     assert json.loads((tmp_path / "r" / "final.json").read_text())["samples_skipped"] == 2
+
+
+def test_predictor_warmup_holds_the_classifier_and_trains_the_predictor():
+    """--predictor-warmup E: for E epochs of steps the classifier's learning rate is 0 (a +init
+    classifier is not pulled toward an untrained predictor), the predictor learns; then both."""
+    import torch
+    from accelerate import Accelerator
+
+    from train.config import Config
+    from train.loop import Run
+    from train.objectives import make_objective
+    from train.setup import build_model, build_optimizer
+    from train.step import synthetic_batch, train_step
+
+    torch.manual_seed(0)
+    cfg = Config(data=["synthetic"], model="mnist_cnn", method="limit", predictor="head", predictor_warmup=1.0)
+    acc = Accelerator(cpu=True)
+    net = build_model(cfg, 10, 1)
+    opt = build_optimizer(cfg, net)
+    run = Run(cfg, acc, net, opt, make_objective(cfg), loaders={}, norm=((0.5,), (0.5,)), steps_per_epoch=3,
+              out=Path("."))
+    weights = lambda m: torch.cat([p.detach().flatten().clone() for p in m.parameters()])  # noqa: E731
+    clf, pred = weights(net.classifier), weights(net.predictor)
+    batch = synthetic_batch(8, 1, 28, 10, acc.device, channels_last=False)
+    for _ in range(3):                                  # the first epoch: the predictor alone
+        train_step(run, batch)
+    assert torch.equal(weights(net.classifier), clf) and not torch.equal(weights(net.predictor), pred)
+    train_step(run, batch)                              # then the classifier too, at the full rate
+    assert not torch.equal(weights(net.classifier), clf)
+    assert [g["lr"] for g in opt.param_groups] == [cfg.lr, cfg.lr]

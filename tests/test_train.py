@@ -72,6 +72,8 @@ def test_resume_continues_after_the_last_epoch(digit_shards, tmp_path):
     (["--resume", "/nonexistent"], "no checkpoint"),
     (["--init-from", "/nonexistent", "--method", "limit"], "no checkpoint"),
     (["--method", "fw"], "--init-from"),
+    (["--predictor-warmup", "1"], "--predictor-warmup"),
+    (["--predictor-warmup", "-1", "--method", "limit"], "--predictor-warmup"),
     (["--max-train-samples", "100000"], "exceeds"),
 ])
 def test_bad_flags_give_one_line_and_exit_2(digit_shards, tmp_path, capsys, extra, message):

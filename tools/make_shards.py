@@ -19,6 +19,7 @@ import argparse
 import collections
 import hashlib
 import io
+import itertools
 import json
 import os
 import re
@@ -48,7 +49,7 @@ from pipeline.shards import DataError
 from pipeline.writer import write_tar
 from tools import shard_sources
 from tools.shard_manifest import write_manifest
-from tools.source_columns import Records, fix_mmap_threshold, release_memory
+from tools.source_columns import CHUNK, Records, fix_mmap_threshold, release_memory
 
 FORMATS = ("mnist", "clothing1m", "imagefolder", "table")
 
@@ -205,7 +206,9 @@ def fingerprint(p: Plan, args, fixes) -> str:
     h = hashlib.sha256(json.dumps(card_options(args, for_fingerprint=True), sort_keys=True).encode())
     h.update((fixes.sha256 if fixes else "").encode())
     for split, (recs, index) in p.splits.items():
-        for (key, label, clean, source), g in zip(recs, index.tolist()):
+        # the indices a chunk at a time: index.tolist() at once is ~36 MB of ints at 10^6
+        indices = itertools.chain.from_iterable(index[s:s + CHUNK].tolist() for s in range(0, len(index), CHUNK))
+        for (key, label, clean, source), g in zip(recs, indices):
             if isinstance(source, np.ndarray):
                 size = hashlib.sha256(source.tobytes()).hexdigest()
             else:

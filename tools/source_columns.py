@@ -58,7 +58,10 @@ class Records(Sequence):
 
     def __getitem__(self, i):
         if isinstance(i, slice):
-            return self.take(np.arange(len(self))[i])
+            start, stop, step = i.indices(len(self))
+            if step == 1:                          # zero-copy views: no index array the split's size
+                return self._slice(start, max(start, stop))
+            return self.take(np.arange(start, stop, step))
         if not -len(self) <= i < len(self):
             raise IndexError(i)
         i %= len(self)
@@ -97,6 +100,12 @@ class Records(Sequence):
         if not isinstance(other, Sequence) or len(other) != len(self):
             return False
         return all(_same(a, b) for a, b in zip(self, other))
+
+    def _slice(self, start: int, stop: int) -> "Records":
+        n = stop - start
+        sources = self.sources[start:stop] if self.in_memory else self.sources.slice(start, n)
+        keys = None if self._keys is None else self._keys.slice(start, n)
+        return Records(keys, self.labels[start:stop], self.clean[start:stop], sources, self.root)
 
     def take(self, positions) -> "Records":
         positions = np.asarray(positions, dtype=np.int64)

@@ -54,6 +54,7 @@ class Config:
     transition: str = opt("", "FW: KxK transition matrix file (default: estimated from --init-from's predictions)")
     init_from: str = opt("", "run folder or checkpoint of a CE run (+init)")
     init_target: str = opt("predictor", "what --init-from initializes", choices=["predictor", "classifier", "both"])
+    predictor_warmup: float = opt(0.0, "LIMIT: the first E epochs train the predictor alone (the classifier's learning rate 0), so a classifier from +init is not pulled toward an untrained predictor's guesses", metavar="E")
     recipe: str = opt("auto", "auto: --method limit sets the flags it leaves at their defaults to its 60-epoch recipe (train/objectives.py LIMIT_RECIPE: --batch-size 64, --model-ema, the BN predictor for mnist_cnn, --augment pad:2 on digits; RESULTS.md 'Tuning'); none: the flags as given", choices=["auto", "none"])
     augment: str = opt("card", "train augmentation: the dataset card's recipe, none, or pad:N (pad N px, random crop back: a random translation of up to N px)", choices=["card", "none", "pad:1", "pad:2", "pad:3", "pad:4"])
     # optimization
@@ -111,7 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 POSITIVE = ("epochs", "batch_size", "lr")
 NON_NEGATIVE = ("patience", "balance", "save_every", "workers", "image_size", "max_train_samples", "beta", "sigma", "weight_decay",
-                "warmup_epochs", "clip_grad", "grad_noise_sigma")
+                "warmup_epochs", "clip_grad", "grad_noise_sigma", "predictor_warmup")
 
 
 def validate(cfg: Config) -> Config:
@@ -134,6 +135,8 @@ def validate(cfg: Config) -> Config:
         raise ConfigError(f"--model-ema-decay must be in (0, 1), got {cfg.model_ema_decay}")
     if cfg.softreg_lambda < 0:
         raise ConfigError(f"--lambda must be >= 0, got {cfg.softreg_lambda}")
+    if cfg.predictor_warmup and cfg.method != "limit":
+        raise ConfigError(f"--predictor-warmup trains LIMIT's predictor alone first: it needs --method limit, got {cfg.method}")
     if cfg.grad_noise and cfg.method != "ce":
         raise ConfigError(f"--grad-noise is CE + GN / LN: it needs --method ce, got {cfg.method}")
     if cfg.grad_noise and not cfg.grad_noise_sigma > 0:

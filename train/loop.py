@@ -46,6 +46,10 @@ class Run:
     def warmup_steps(self) -> int:
         return int(self.cfg.warmup_epochs * self.steps_per_epoch)
 
+    @property
+    def predictor_warmup_steps(self) -> int:     # steps with the classifier held (--predictor-warmup)
+        return int(self.cfg.predictor_warmup * self.steps_per_epoch)
+
     def device_batch(self, batch):
         return to_device(batch, self.accelerator.device, *self.norm, self.cfg.channels_last)
 

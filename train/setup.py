@@ -85,6 +85,9 @@ def fw_transition(cfg, model: FusedNet, loader, accelerator, norm) -> torch.Tens
 
 def build_optimizer(cfg, model: FusedNet) -> torch.optim.Optimizer:
     groups = [{"params": [p for p in model.parameters() if p.requires_grad]}]
+    if cfg.predictor_warmup:          # the classifier's own group, so train_step can hold it
+        groups = [{"params": [p for p in model.classifier.parameters() if p.requires_grad], "name": "classifier"},
+                  {"params": [p for p in model.predictor.parameters() if p.requires_grad], "name": "predictor"}]
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     return torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)

@@ -14,8 +14,10 @@ def train_step(run, b: Batch, meter=None) -> dict:
     zero loss weight and is left out of the meter. Returns the objective's value and its own
     statistics as detached device tensors: nothing here syncs with the host."""
     cfg, acc = run.cfg, run.accelerator
-    for g in run.optimizer.param_groups:              # schedule: a pure function of the step
-        g["lr"] = lr_at(run.step, run.total_steps, run.warmup_steps, cfg.lr, cfg.sched)
+    lr = lr_at(run.step, run.total_steps, run.warmup_steps, cfg.lr, cfg.sched)   # a pure function of the step
+    held = run.step < run.predictor_warmup_steps      # --predictor-warmup: the predictor learns alone
+    for g in run.optimizer.param_groups:
+        g["lr"] = 0.0 if held and g.get("name") == "classifier" else lr
     with acc.autocast():
         out = run.model(b.images)
         loss, stats = run.objective(out, b.labels)
