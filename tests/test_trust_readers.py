@@ -124,6 +124,41 @@ def test_a_repeat_without_a_manifest_is_read_once(folder):
     one_record(recs, "digits-002.tar", key, "duplicate index")
 
 
+def test_verify_names_an_index_two_keys_share_and_one_too_big_for_64_bits(folder, capsys):
+    owner = hostile.read_shard(folder / "digits-000.tar")[0]
+    taken = int(np.frombuffer(owner[f"{hostile.key_of(owner)}.ids"], dtype="<i8")[1])
+    key = hostile.set_meta(folder, "digits-001.tar", 3, index=taken)
+    huge = hostile.set_meta(folder, "digits-002.tar", 5, drop_ids=True, json_index=10**30)
+    verify_lists(folder, f"digits-001.tar: {key}: index {taken} also used by {hostile.key_of(owner)}",
+                 f"digits-002.tar: {huge}: index {10**30} does not fit in 64 bits", capsys=capsys)
+
+
+def test_verify_compares_the_manifest_key_by_key(folder, capsys):
+    """A key listed twice, one no tar holds, a tar sample the manifest lacks: each named."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    t = pq.read_table(folder / "digits.parquet")
+    keys = t.column("key").to_pylist()
+    ghost = t.slice(0, 1).set_column(0, "key", pa.array(["ghost-key"]))
+    t = pa.concat_tables([t.slice(0, 1), t.slice(0, 1), ghost, t.slice(2)])   # row 0 twice, row 1 gone
+    pq.write_table(t, folder / "digits.parquet")
+    verify_lists(folder, f"manifest: key {keys[0]} listed twice", "are in no tar: ghost-key",
+                 f"{keys[1]} is not in the manifest", capsys=capsys)
+
+
+def test_verify_names_a_manifest_column_of_the_wrong_type_and_keyless_rows(folder, capsys):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    t = pq.read_table(folder / "digits.parquet")
+    i = t.schema.get_field_index("key")
+    pq.write_table(t.set_column(i, "key", pa.array([None] + t.column("key").to_pylist()[1:], pa.string())),
+                   folder / "digits.parquet")
+    verify_lists(folder, "manifest: 1 row(s) without a key", "is not in the manifest", capsys=capsys)
+    i = t.schema.get_field_index("label")
+    pq.write_table(t.set_column(i, "label", pa.array(["cat"] * len(t))), folder / "digits.parquet")
+    verify_lists(folder, "manifest: column label is string, not int64", capsys=capsys)
+
+
 # ---------------------------------------------------------------- 16-bit PNGs, pixel bombs
 def png16(side: int = 28) -> tuple[bytes, np.ndarray]:
     """A real 16-bit greyscale PNG ramp and its 8-bit truth."""
