@@ -33,11 +33,11 @@ from PIL import Image
 from pipeline import records
 from pipeline.shards import DataError, read_card
 from pipeline.tario import iter_tar
+from tools.manifest_check import MANIFEST_COLUMNS, duplicated, manifest_problems, short
 
 # What damaged shards raise while being read or decoded (PIL: SyntaxError on a broken PNG chunk)
 BAD_DATA = (OSError, ValueError, KeyError, EOFError, UnicodeDecodeError, SyntaxError,
             Image.DecompressionBombError)
-MANIFEST_COLUMNS = ["key", "split", "shard", "index", "label", "clean_label"]
 
 
 def read_shard(path: str, n_classes: int) -> dict:
@@ -81,7 +81,7 @@ def _check_sample(key: str, members: list, n_classes: int, samples: list) -> lis
             except ValueError as e:
                 problems.append(str(e))
         except (ValueError, UnicodeDecodeError) as e:
-            problems.append(f"bad cls: {_short(e)}")
+            problems.append(f"bad cls: {short(e)}")
     index = clean = None
     try:
         index, clean = records.parse_ids(m)
@@ -114,14 +114,10 @@ def _check_image(data: bytes) -> list[str]:
     try:
         Image.open(io.BytesIO(data)).load()
     except BAD_DATA as e:
-        return [f"image does not decode ({type(e).__name__}: {_short(e)})"]
+        return [f"image does not decode ({type(e).__name__}: {short(e)})"]
     if head and data[:4] == b"\x89PNG" and head[2] > 8:
         return [f"{head[2]}-bit PNG: --backend dali skips it (tools/make_shards.py stores 8-bit)"]
     return []
-
-
-def _short(e) -> str:
-    return records.error_text(e)[:120]
 
 
 def check_index(tar: Path, keys: list[str]) -> list[str]:
@@ -165,15 +161,16 @@ def verify(folder: Path, name: str, workers: int = 1) -> tuple[list[str], str]:
         if sp.get("count") != total:
             problems.append(f"card: split {split} says {sp.get('count')} samples, its shards {total}")
     tars = _read_tars(folder, listed, n_classes, workers, problems)
-    problems += _cross_shard_problems(tars, [f for _, f, _ in listed], n_indices)
+    tar_dups = duplicated(tars["key"])
+    problems += _cross_shard_problems(tars, tar_dups, [f for _, f, _ in listed], n_indices)
     manifest = folder / f"{name}.parquet"
     try:
         man = pq.read_table(manifest, columns=MANIFEST_COLUMNS)
     except (OSError, ValueError, KeyError) as e:   # pyarrow's errors derive from these
-        problems.append(f"manifest {manifest.name}: unreadable ({type(e).__name__}: {_short(e)})")
+        problems.append(f"manifest {manifest.name}: unreadable ({type(e).__name__}: {short(e)})")
         man = None
     if man is not None:
-        problems += _manifest_problems(tars, man, listed, classes)
+        problems += manifest_problems(tars, tar_dups, man, listed, classes)
     # ---- leftovers ----
     names = {f for _, f, _ in listed} | _listed_by_other_cards(folder, name)
     for p in sorted(folder.iterdir()):
@@ -217,16 +214,10 @@ def _int64s(values) -> pa.Array:
     return pa.array([v if v is None or -2**63 <= v < 2**63 else None for v in values], pa.int64())
 
 
-def _duplicated(keys: pa.ChunkedArray) -> pa.Array:
-    """The values of `keys` that occur more than once (a hash count in Arrow)."""
-    counts = pc.value_counts(keys)
-    return counts.field("values").filter(pc.greater(counts.field("counts"), 1))
-
-
-def _cross_shard_problems(tars: pa.Table, files: list[str], n_indices: int | None) -> list[str]:
-    """Keys in more than one place, an index used by two keys, indices outside [0, n_indices)."""
+def _cross_shard_problems(tars: pa.Table, dup: pa.Array, files: list[str], n_indices: int | None) -> list[str]:
+    """Keys in more than one place (`dup`: the repeated keys), an index used by two keys,
+    indices outside [0, n_indices)."""
     problems = []
-    dup = _duplicated(tars["key"])
     if len(dup):
         rows = tars.filter(pc.is_in(tars["key"], value_set=dup)).select(["key", "shard"]).to_pylist()
         where = defaultdict(list)
@@ -252,86 +243,6 @@ def _cross_shard_problems(tars: pa.Table, files: list[str], n_indices: int | Non
             problems.append(f"{files[tars['shard'][row].as_py()]}: {tars['key'][row].as_py()}: "
                             f"index {idx[j]} outside [0, {n_indices})")
     return problems
-
-
-def _first_per_key(t: pa.Table, columns: list[str], how: str) -> pa.Table:
-    """One row per key: its first (or last) in t's order; single-threaded, so the order holds."""
-    agg = t.group_by("key", use_threads=False).aggregate([(c, how) for c in columns])
-    return agg.rename_columns(["key" if c == "key" else c.rsplit("_", 1)[0] for c in agg.column_names])
-
-
-def _manifest_problems(tars: pa.Table, man: pa.Table, listed: list, classes: list) -> list[str]:
-    """The manifest against the tars: each key once, the same keys, the same (split, shard,
-    label, index, clean) per key (the tars' first copy of a repeated key, the manifest's last
-    row, as a reader would), and so the same counts per split and class."""
-    man, problems = _typed(man)
-    if man is None:
-        return problems
-    problems += [f"manifest: key {k} listed twice" for k in _duplicated(man["key"]).to_pylist()]
-    files = pa.array([f for _, f, _ in listed], pa.string())
-    splits = pa.array([s for s, _, _ in listed], pa.string())
-    man = _first_per_key(man.rename_columns(["key", "split", "shard", "index", "label", "clean"]),
-                         ["split", "shard", "index", "label", "clean"], "last")
-    found = _first_per_key(tars, ["shard", "label", "index", "clean"], "first")
-    found = found.append_column("split", splits.take(found["shard"])).set_column(   # names, as the manifest's
-        found.schema.get_field_index("shard"), "shard", files.take(found["shard"]))
-    in_tars = pc.is_in(man["key"], value_set=found["key"])
-    lost = man.filter(pc.invert(in_tars)).sort_by("key")
-    lost_by = defaultdict(list)                                    # shard -> manifest keys no tar holds
-    for r in lost.select(["key", "shard"]).to_pylist():
-        lost_by[r["shard"]].append(r["key"])
-    for shard, keys in sorted(lost_by.items(), key=lambda kv: str(kv[0])):
-        more = f", ... ({len(keys)} in all)" if len(keys) > 3 else ""
-        problems.append(f"manifest: {len(keys)} sample(s) of {shard} are in no tar: {', '.join(keys[:3])}{more}")
-    extra = found.filter(pc.invert(pc.is_in(found["key"], value_set=man["key"]))).sort_by("key")
-    for r in extra.select(["key", "shard"]).to_pylist():
-        problems.append(f"{r['shard']}: {r['key']} is not in the manifest")
-    cols = ["split", "shard", "label", "index", "clean"]
-    both = found.join(man, "key", join_type="inner", right_suffix="_m").sort_by("key")
-    intact = pc.and_(pc.is_valid(both["label"]), pc.is_valid(both["index"]))   # damaged: its problem is listed
-    differ = None
-    for c in cols:
-        same = pc.or_kleene(pc.equal(both[c], both[c + "_m"]), pc.and_(pc.is_null(both[c]), pc.is_null(both[c + "_m"])))
-        bad = pc.invert(pc.fill_null(same, False))
-        differ = bad if differ is None else pc.or_(differ, bad)
-    if differ is not None and len(both):
-        for r in both.filter(pc.and_(differ, intact)).to_pylist():
-            tar = tuple(r[c] for c in cols)
-            mine = tuple(r[c + "_m"] for c in cols)
-            problems.append(f"{tar[1]}: {r['key']}: tar has (split, shard, label, index, clean) {tar}, the manifest {mine}")
-    tar_counts = _class_counts(found)
-    man_counts = _class_counts(man)
-    n_classes = len(classes)
-    for split, label in sorted(tar_counts.keys() | man_counts.keys(), key=str):
-        a, b = tar_counts.get((split, label), 0), man_counts.get((split, label), 0)
-        if a != b:
-            cls = classes[label] if isinstance(label, int) and 0 <= label < n_classes else label
-            problems.append(f"split {split} class {cls!r}: {a} samples in the tars, {b} in the manifest")
-    return problems
-
-
-MANIFEST_TYPES = [pa.string(), pa.string(), pa.string(), pa.int64(), pa.int64(), pa.int64()]   # MANIFEST_COLUMNS
-
-
-def _typed(man: pa.Table) -> tuple[pa.Table | None, list[str]]:
-    """A stranger's manifest in the writer's column types (a label of "3" is a problem, not a
-    crash of the comparison), rows without a key dropped; (None, [problem]) when a column
-    does not convert."""
-    cols = []
-    for c, want in zip(MANIFEST_COLUMNS, MANIFEST_TYPES):
-        try:
-            cols.append(man[c].cast(want))
-        except pa.lib.ArrowException as e:
-            return None, [f"manifest: column {c} is {man[c].type}, not {want} ({_short(e)})"]
-    man = pa.table(cols, names=MANIFEST_COLUMNS)
-    keyless = man["key"].null_count
-    return (man.filter(pc.is_valid(man["key"])) if keyless else man,
-            [f"manifest: {keyless} row(s) without a key"] if keyless else [])
-
-
-def _class_counts(t: pa.Table) -> dict[tuple, int]:
-    agg = t.group_by(["split", "label"]).aggregate([("key", "count")])
-    return {(s, l): c for s, l, c in zip(agg["split"].to_pylist(), agg["label"].to_pylist(), agg["key_count"].to_pylist())}
 
 
 def _listed_by_other_cards(folder: Path, name: str) -> set[str]:
