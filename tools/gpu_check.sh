@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# The GPU checks of issues 5 and 8 as one prepared run (about 5 minutes on one H100/H200):
+# The GPU checks of issues 5, 8 and 16 as one prepared run (about 7 minutes on one H100/H200):
 # DALI "mixed" decoding, CUDA AMP, ResNet-50 img/s for CE / LIMIT / LIMIT-head, and each
-# decode backend feeding ResNet-50 training steps. Prints everything; BENCHMARKS.md quotes it.
+# decode backend feeding ResNet-50 training steps, and a DALI epoch over 10^5 synthetic
+# Clothing1M-layout samples in ~1,000 shards (issue 16). Prints everything; BENCHMARKS.md quotes it.
 #   WHEELS=DIR bash tools/gpu_check.sh      (DIR: wheels for packages the machine lacks)
 set -u
 OUT=${OUT:-/tmp/gpu_check}; mkdir -p "$OUT"
@@ -41,4 +42,12 @@ for backend in auto cpu; do
       --batch-size 256 --workers "$(nproc)" --mixed-precision bf16 --backend $backend \
       --optimizer sgd --lr 0.1 --out /tmp/run-$backend 2>&1 | grep -E "^limit|^ce|^epoch [0-9]+:|done|rror" | grep -v "it/s"
 done
+section "issue 16: one DALI epoch over 10^5 synthetic samples in ~1,000 shards (bench_stream tenths)"
+C=/tmp/c100k
+timeout 120 python3 tools/synth_clothing.py $C/src --n 100000 --workers "$(nproc)" | tail -1
+timeout 120 python3 tools/make_shards.py clothing1m $C/src --out $C/shards --name c1m \
+    --workers "$(nproc)" --shard-size 100 2>&1 | tail -1
+timeout 240 python3 tools/bench_stream.py --json "$OUT/dali-epoch-100k.json" -- python3 train/limit.py \
+    --data $C/shards --model resnet18 --image-size 64 --batch-size 256 --epochs 1 --backend dali \
+    --workers "$(nproc)" --mixed-precision bf16 --out $C/run --overwrite 2>&1 | tail -12
 section done
