@@ -23,10 +23,8 @@ import itertools
 import json
 import os
 import re
-import shutil
 import signal
 import sys
-import tempfile
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,6 +47,7 @@ from pipeline.shards import DataError
 from pipeline.writer import write_tar
 from tools import shard_sources
 from tools.shard_manifest import write_manifest
+from tools.shard_progress import Progress, check_merge, part_of, write_json_atomic
 from tools.source_columns import CHUNK, Records, fix_mmap_threshold, release_memory
 
 FORMATS = ("mnist", "clothing1m", "imagefolder", "table")
@@ -124,14 +123,6 @@ def write_shard(job: dict) -> dict:
               "skipped": skipped, "skipped_index": skipped_index}
     write_json_atomic(Path(job["work"]) / "shards" / f"{job['file']}.json", record)
     return record
-
-
-def write_json_atomic(path: Path, obj) -> None:
-    """A unique temporary name: --part runs on several machines may write the same file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        f.write(json.dumps(obj, indent=1) + "\n")
-    os.replace(tmp, path)
 
 
 # ---------------------------------------------------------------------------- the plan
@@ -219,75 +210,6 @@ def fingerprint(p: Plan, args, fixes) -> str:
             path = source if isinstance(source, str) else ""
             h.update(f"{split}\t{g}\t{key}\t{label}\t{clean}\t{path}\t{size}\n".encode())
     return h.hexdigest()
-
-
-def part_of(j: int, n: int) -> int:
-    """Shard j (in plan order: train, val, test) belongs to part j % N + 1: every part gets
-    a share of each split, and the assignment is a function of the plan alone."""
-    return j % n + 1
-
-
-# ---------------------------------------------------------------------------- progress
-
-class Progress:
-    """NAME.partial/ in --out: plan.json (the fingerprint) and shards/FILE.json, one record
-    per finished shard. A shard is complete when its record exists and its tar and .idx carry
-    their final names and agree with the record (write_tar renames the tar after the .idx is
-    in place; the record follows the rename), so a SIGKILL at any moment costs at most the
-    shards being written. Removed once the card is written."""
-
-    def __init__(self, out: Path, name: str):
-        self.out, self.name = out, name
-        self.dir = out / f"{name}.partial"
-
-    def open(self, fp: str, must_exist: bool) -> bool:
-        """True when resuming. Refuses (DataError) another conversion's unfinished output."""
-        plan_file = self.dir / "plan.json"
-        if plan_file.exists():
-            try:
-                old = json.loads(plan_file.read_text()).get("fingerprint")
-            except (OSError, ValueError, AttributeError):
-                old = None
-            if old != fp:
-                raise DataError(f"{self.dir} holds an unfinished conversion of other inputs or options: "
-                                "rerun that command to finish it, or delete the folder to start over")
-            return True
-        if must_exist:
-            raise DataError(f"--merge: nothing to merge in {self.out} "
-                            f"(no {self.dir.name}/: run the --part commands first)")
-        (self.dir / "shards").mkdir(parents=True, exist_ok=True)
-        write_json_atomic(plan_file, {"fingerprint": fp})
-        return False
-
-    def done_shard(self, job: dict) -> dict | None:
-        """The shard's record when the shard is complete, else None. The .idx must agree with
-        the record (sample count, first key): a kill after empty shards were dropped and later
-        ones renamed (drop_empty_shards) leaves another shard's files under this name."""
-        try:
-            rec = json.loads((self.dir / "shards" / f"{job['file']}.json").read_text())
-            with open((self.out / job["file"]).with_suffix(".idx"), encoding="utf-8") as f:
-                head, first = f.readline().split(), f.readline().split(" ")
-            ok = (rec["file"] == job["file"] and (self.out / job["file"]).exists()
-                  and head == ["v1.2", str(rec["count"])]
-                  and (rec["count"] == 0 or first[3:4] == [f"{rec['first']}.{first[0]}"]))  # ext off size NAME
-        except (OSError, ValueError, KeyError, TypeError):
-            return None
-        return rec if ok else None
-
-    def write_part(self, part: int, n: int, recs: list[dict]) -> Path:
-        path = self.dir / f"part-{part}-of-{n}.json"
-        write_json_atomic(path, {"part": part, "of": n, "shards": [
-            {k: r[k] for k in ("file", "split", "count")} | {"skipped": len(r["skipped"])} for r in recs]})
-        return path
-
-    def parts_of(self) -> int | None:
-        """N of the part-I-of-N.json records present (to name the parts of missing shards)."""
-        ns = {int(m.group(1)) for p in self.dir.glob("part-*-of-*.json")
-              if (m := re.fullmatch(r"part-\d+-of-(\d+)\.json", p.name))}
-        return ns.pop() if len(ns) == 1 else None
-
-    def remove(self) -> None:
-        shutil.rmtree(self.dir, ignore_errors=True)
 
 
 def start_workers(workers: int) -> ProcessPoolExecutor | None:
@@ -506,7 +428,7 @@ def convert_with(args, pool) -> tuple[dict | None, list[str]]:
     mine = [j for n, j in enumerate(p.jobs) if not args.part or part_of(n, args.part[1]) == args.part[0]]
     done = {j["file"]: rec for j in mine if resuming and (rec := progress.done_shard(j))}
     if args.merge:
-        check_merge(p, done, progress)
+        check_merge(p.jobs, done, progress)
     elif done:
         print(f"make_shards: resuming: {len(done)} of {len(mine)} shard(s) already complete", file=sys.stderr)
     todo = [j for j in mine if j["file"] not in done]
@@ -522,18 +444,6 @@ def convert_with(args, pool) -> tuple[dict | None, list[str]]:
     stale = remove_stale_shards(args.out, args.name, card)
     progress.remove()            # after the card: a kill before this resumes to the same bytes
     return card, stale
-
-
-def check_merge(p: Plan, done: dict, progress: Progress) -> None:
-    missing = [(n, j["file"]) for n, j in enumerate(p.jobs) if j["file"] not in done]
-    if not missing:
-        return
-    n_parts = progress.parts_of()
-    parts = sorted({part_of(n, n_parts) for n, _ in missing}) if n_parts else []
-    which = f"part(s) {', '.join(f'{i}/{n_parts}' for i in parts)} not complete: " if parts else ""
-    names = ", ".join(f for _, f in missing[:5]) + (" ..." if len(missing) > 5 else "")
-    raise DataError(f"--merge: {which}{len(missing)} of {len(p.jobs)} shard(s) missing or incomplete ({names}); "
-                    "rerun those --part commands")
 
 
 def main(argv=None) -> int:

@@ -1,0 +1,99 @@
+"""make_shards' resume and --part bookkeeping: NAME.partial/ in --out, which records each finished
+shard so that a killed conversion, or N machines each writing a part, end in the same bytes as
+one uninterrupted run (docs/architecture.md section 4)."""
+import json
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+
+from pipeline.shards import DataError
+
+
+def write_json_atomic(path: Path, obj) -> None:
+    """A unique temporary name: --part runs on several machines may write the same file."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        f.write(json.dumps(obj, indent=1) + "\n")
+    os.replace(tmp, path)
+
+
+def part_of(j: int, n: int) -> int:
+    """Shard j (in plan order: train, val, test) belongs to part j % N + 1: every part gets
+    a share of each split, and the assignment is a function of the plan alone."""
+    return j % n + 1
+
+
+class Progress:
+    """NAME.partial/ in --out: plan.json (the fingerprint) and shards/FILE.json, one record
+    per finished shard. A shard is complete when its record exists and its tar and .idx carry
+    their final names and agree with the record (write_tar renames the tar after the .idx is
+    in place; the record follows the rename), so a SIGKILL at any moment costs at most the
+    shards being written. Removed once the card is written."""
+
+    def __init__(self, out: Path, name: str):
+        self.out, self.name = out, name
+        self.dir = out / f"{name}.partial"
+
+    def open(self, fp: str, must_exist: bool) -> bool:
+        """True when resuming. Refuses (DataError) another conversion's unfinished output."""
+        plan_file = self.dir / "plan.json"
+        if plan_file.exists():
+            try:
+                old = json.loads(plan_file.read_text()).get("fingerprint")
+            except (OSError, ValueError, AttributeError):
+                old = None
+            if old != fp:
+                raise DataError(f"{self.dir} holds an unfinished conversion of other inputs or options: "
+                                "rerun that command to finish it, or delete the folder to start over")
+            return True
+        if must_exist:
+            raise DataError(f"--merge: nothing to merge in {self.out} "
+                            f"(no {self.dir.name}/: run the --part commands first)")
+        (self.dir / "shards").mkdir(parents=True, exist_ok=True)
+        write_json_atomic(plan_file, {"fingerprint": fp})
+        return False
+
+    def done_shard(self, job: dict) -> dict | None:
+        """The shard's record when the shard is complete, else None. The .idx must agree with
+        the record (sample count, first key): a kill after empty shards were dropped and later
+        ones renamed (drop_empty_shards) leaves another shard's files under this name."""
+        try:
+            rec = json.loads((self.dir / "shards" / f"{job['file']}.json").read_text())
+            with open((self.out / job["file"]).with_suffix(".idx"), encoding="utf-8") as f:
+                head, first = f.readline().split(), f.readline().split(" ")
+            ok = (rec["file"] == job["file"] and (self.out / job["file"]).exists()
+                  and head == ["v1.2", str(rec["count"])]
+                  and (rec["count"] == 0 or first[3:4] == [f"{rec['first']}.{first[0]}"]))  # ext off size NAME
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+        return rec if ok else None
+
+    def write_part(self, part: int, n: int, recs: list[dict]) -> Path:
+        path = self.dir / f"part-{part}-of-{n}.json"
+        write_json_atomic(path, {"part": part, "of": n, "shards": [
+            {k: r[k] for k in ("file", "split", "count")} | {"skipped": len(r["skipped"])} for r in recs]})
+        return path
+
+    def parts_of(self) -> int | None:
+        """N of the part-I-of-N.json records present (to name the parts of missing shards)."""
+        ns = {int(m.group(1)) for p in self.dir.glob("part-*-of-*.json")
+              if (m := re.fullmatch(r"part-\d+-of-(\d+)\.json", p.name))}
+        return ns.pop() if len(ns) == 1 else None
+
+    def remove(self) -> None:
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def check_merge(jobs: list[dict], done: dict, progress: Progress) -> None:
+    """--merge: every shard of the plan (`jobs`) complete, or DataError naming the parts to rerun."""
+    missing = [(n, j["file"]) for n, j in enumerate(jobs) if j["file"] not in done]
+    if not missing:
+        return
+    n_parts = progress.parts_of()
+    parts = sorted({part_of(n, n_parts) for n, _ in missing}) if n_parts else []
+    which = f"part(s) {', '.join(f'{i}/{n_parts}' for i in parts)} not complete: " if parts else ""
+    names = ", ".join(f for _, f in missing[:5]) + (" ..." if len(missing) > 5 else "")
+    raise DataError(f"--merge: {which}{len(missing)} of {len(jobs)} shard(s) missing or incomplete ({names}); "
+                    "rerun those --part commands")
