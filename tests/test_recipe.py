@@ -73,8 +73,9 @@ def recipe_of(argv, card=DIGITS):
 
 def test_limit_gets_the_recipe_for_flags_left_at_their_defaults():
     cfg, changed = recipe_of(["--method", "limit", "--model", "mnist_cnn"])
-    assert (cfg.batch_size, cfg.model_ema, cfg.predictor_model, cfg.augment, cfg.beta) == (64, True, "mnist_cnn_bn", "pad:2", 10.0)
-    assert changed["batch_size"] == (256, 64) and set(changed) == {"batch_size", "model_ema", "predictor_model", "augment"}
+    assert (cfg.batch_size, cfg.model_ema, cfg.predictor_model, cfg.augment, cfg.beta) == (64, True, "mnist_cnn_bn", "pad:2", 5.0)
+    assert changed["batch_size"] == (256, 64) and changed["beta"] == (10.0, 5.0)
+    assert set(changed) == {"batch_size", "model_ema", "predictor_model", "augment", "beta"}
 
 
 def test_flags_given_win_and_recipe_none_is_the_old_behaviour():
@@ -83,8 +84,10 @@ def test_flags_given_win_and_recipe_none_is_the_old_behaviour():
     assert (cfg.batch_size, cfg.augment, cfg.predictor_model, cfg.model_ema) == (128, "none", "mnist_cnn", True)
     cfg, _ = recipe_of(["--method", "limit", "--model", "mnist_cnn", "--batch-size", "256"])
     assert cfg.batch_size == 256                     # typed at its default value: still the user's
+    cfg, _ = recipe_of(["--method", "limit", "--model", "mnist_cnn", "--beta", "10"])
+    assert cfg.beta == 10.0
     cfg, changed = recipe_of(["--method", "limit", "--model", "mnist_cnn", "--recipe", "none"])
-    assert changed == {} and (cfg.batch_size, cfg.model_ema, cfg.predictor_model, cfg.augment) == (256, False, "", "card")
+    assert changed == {} and (cfg.batch_size, cfg.model_ema, cfg.predictor_model, cfg.augment, cfg.beta) == (256, False, "", "card", 10.0)
 
 
 def test_other_methods_and_cropped_cards_are_untouched():

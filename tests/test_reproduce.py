@@ -41,7 +41,7 @@ def test_cell_recipes():
         return args[len(args) - 1 - args[::-1].index(name) + 1]
     d = Path("d")
     lim8, lim0 = (cell_args("limit_l-s", p, 10000, 0, d, d, d) for p in (0.8, 0.0))
-    assert flag(lim8, "--beta") == "10.0" and flag(lim0, "--beta") == "10.0" and "--model-ema" in lim8
+    assert flag(lim8, "--beta") == "5.0" and flag(lim0, "--beta") == "5.0" and "--model-ema" in lim8
     assert flag(lim8, "--batch-size") == "64" and flag(lim8, "--augment") == "pad:2"         # the 60-epoch recipe
     assert flag(cell_args("ce", 0.8, 10000, 0, d, d, d), "--batch-size") == "256"
     assert flag(lim8, "--epochs") == "60" and flag(cell_args("ce", 0.8, 10000, 0, d, d, d), "--epochs") == "60"

@@ -42,7 +42,7 @@ class Config:
     predictor: str = opt("network", "LIMIT predictor: a second backbone, or a head on the classifier's detached features", choices=["network", "head"])
     predictor_model: str = opt("", "LIMIT predictor backbone (default: the classifier's)")
     predictor_loss: str = opt("mae", "LIMIT predictor distance: mse (LIMIT_G) or mae (LIMIT_L)", choices=["mse", "mae"])
-    beta: float = opt(10.0, "LIMIT penalty on ||mu||^2 (measured best on MNIST 80%% noise; see README)")
+    beta: float = opt(10.0, "LIMIT penalty on ||mu||^2 (--method limit's recipe sets 5 unless typed; --recipe none keeps 10; see README)")
     sample: bool = opt(False, "LIMIT +S: add noise to the predicted gradient", action=argparse.BooleanOptionalAction)
     sample_dist: str = opt("gaussian", "+S noise distribution", choices=["gaussian", "laplace"])
     sigma: float = opt(0.1, "+S noise standard deviation per logit")

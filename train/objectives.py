@@ -150,8 +150,11 @@ register(Objective("softreg", lambda cfg, t=None: partial(softreg, lambda_=cfg.s
 # 4x the optimizer steps per epoch of 256 (LIMIT's budget is steps, not passes); the EMA makes
 # selection on the noisy validation split steadier; the BatchNorm predictor is the one every
 # measured LIMIT row used. pad:2 (a random shift of up to 2 px) only where the card has no train
-# crop (digits): it slows the predictor's memorizing of the noisy labels.
-LIMIT_RECIPE = {"batch_size": 64, "model_ema": True}
+# crop (digits): it slows the predictor's memorizing of the noisy labels. beta 5, not the config's
+# 10: a smaller penalty on ||mu||^2 lets the predicted gradients teach faster, and at 60 epochs
+# the run is step-bound, not memorization-bound (p=0.8, n=10^4, 3 seeds: 0.9610 against beta
+# 10's 0.9491, with a higher noisy-validation accuracy on every seed).
+LIMIT_RECIPE = {"batch_size": 64, "model_ema": True, "beta": 5.0}
 LIMIT_PREDICTOR = {"mnist_cnn": "mnist_cnn_bn"}          # classifier -> predictor backbone
 LIMIT_AUGMENT = "pad:2"
 
