@@ -66,7 +66,7 @@ def test_config_default_and_choices():
 
 
 def recipe_of(argv, card=DIGITS):
-    from train.objectives import apply_recipe
+    from train.recipe import apply_recipe
     cfg = config.parse(["--data", "x", *argv])
     return cfg, apply_recipe(cfg, card, config.given(["--data", "x", *argv]))
 

@@ -55,7 +55,7 @@ class Config:
     init_from: str = opt("", "run folder or checkpoint of a CE run (+init)")
     init_target: str = opt("predictor", "what --init-from initializes", choices=["predictor", "classifier", "both"])
     predictor_warmup: float = opt(0.0, "LIMIT: the first E epochs train the predictor alone (the classifier's learning rate 0), so a classifier from +init is not pulled toward an untrained predictor's guesses", metavar="E")
-    recipe: str = opt("auto", "auto: --method limit sets the flags it leaves at their defaults to its 60-epoch recipe (train/objectives.py LIMIT_RECIPE: --batch-size 64, --model-ema, the BN predictor for mnist_cnn, --augment pad:2 on digits; RESULTS.md 'Tuning'); none: the flags as given", choices=["auto", "none"])
+    recipe: str = opt("auto", "auto: --method limit sets the flags it leaves at their defaults to its 60-epoch recipe (train/recipe.py LIMIT_RECIPE: --batch-size 64, --model-ema, the BN predictor for mnist_cnn, --augment pad:2 on digits; RESULTS.md 'Tuning'); none: the flags as given", choices=["auto", "none"])
     augment: str = opt("card", "train augmentation: the dataset card's recipe, none, or pad:N (pad N px, random crop back: a random translation of up to N px)", choices=["card", "none", "pad:1", "pad:2", "pad:3", "pad:4"])
     # optimization
     epochs: int = opt(10, "passes over the train split")

@@ -22,8 +22,9 @@ from pipeline import loader as data  # noqa: E402
 from pipeline.shards import DataError, Part, absolute_specs  # noqa: E402
 from train import checkpoint, config, runfolder, setup  # noqa: E402
 from train.loop import Diverged, Run, fit, stop_on_interrupt  # noqa: E402
-from train.objectives import REGISTRY, apply_recipe, make_objective  # noqa: E402
+from train.objectives import REGISTRY, make_objective  # noqa: E402
 from train.fano import run_summary  # noqa: E402
+from train.recipe import apply_recipe  # noqa: E402
 from train.report import write_curves  # noqa: E402
 
 USER_ERRORS = (config.ConfigError, DataError, ModelError, checkpoint.CheckpointError, Diverged)

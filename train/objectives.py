@@ -145,41 +145,6 @@ register(Objective("softreg", lambda cfg, t=None: partial(softreg, lambda_=cfg.s
                    second_net="aux", doc="the paper's soft regularization (eq. 8)"))
 
 
-# ---- LIMIT's 60-epoch recipe (--recipe auto; RESULTS.md, "Tuning", issue 17) ----------------
-# Flags that --recipe auto sets for --method limit while they hold their defaults. Batch 64 takes
-# 4x the optimizer steps per epoch of 256 (LIMIT's budget is steps, not passes); the EMA makes
-# selection on the noisy validation split steadier; the BatchNorm predictor is the one every
-# measured LIMIT row used. pad:2 (a random shift of up to 2 px) only where the card has no train
-# crop (digits): it slows the predictor's memorizing of the noisy labels. beta 5, not the config's
-# 10: a smaller penalty on ||mu||^2 lets the predicted gradients teach faster, and at 60 epochs
-# the run is step-bound, not memorization-bound (p=0.8, n=10^4, 3 seeds: 0.9610 against beta
-# 10's 0.9491, with a higher noisy-validation accuracy on every seed).
-LIMIT_RECIPE = {"batch_size": 64, "model_ema": True, "beta": 5.0}
-LIMIT_PREDICTOR = {"mnist_cnn": "mnist_cnn_bn"}          # classifier -> predictor backbone
-LIMIT_AUGMENT = "pad:2"
-
-
-def apply_recipe(cfg, card: dict, given: set) -> dict:
-    """--recipe auto under --method limit: set the flags in LIMIT_RECIPE (and the predictor
-    backbone and --augment) that the command line did not give (`given`: train.config.given)
-    to the recipe's values. Returns {flag: (old, new)} for what changed; nothing with
-    --recipe none or another method, so the old behaviour stays one flag away."""
-    if cfg.recipe != "auto" or cfg.method != "limit":
-        return {}
-    want = dict(LIMIT_RECIPE)
-    predictor_from_ce = cfg.init_from and cfg.init_target in ("predictor", "both")   # needs the classifier's backbone
-    if cfg.predictor == "network" and cfg.model in LIMIT_PREDICTOR and not predictor_from_ce:
-        want["predictor_model"] = LIMIT_PREDICTOR[cfg.model]
-    if card.get("augment", {}).get("crop", "none") == "none":
-        want["augment"] = LIMIT_AUGMENT
-    changed = {}
-    for key, value in want.items():
-        if key not in given and getattr(cfg, key) != value:
-            changed[key] = (getattr(cfg, key), value)
-            setattr(cfg, key, value)
-    return changed
-
-
 def make_objective(cfg, transition: torch.Tensor | None = None):
     """The objective for cfg.method (a train.config.Config)."""
     return REGISTRY[cfg.method].build(cfg, transition)
