@@ -113,7 +113,9 @@ def main(argv=None) -> int:
     args.json.parent.mkdir(parents=True, exist_ok=True)
     imports = import_seconds()
     io0, t0 = _io(), time.perf_counter()
-    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, start_new_session=True)
+    # the bar, not pipeline.progress's plain lines (its stderr is a pipe): BAR reads every update
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, start_new_session=True,
+                            env={**os.environ, "LIMIT_PROGRESS": "bar"})
     w = Watch(proc, t0)
     log = open(args.log or args.json.with_suffix(".log"), "wb")
     threads = [threading.Thread(target=w.read_bar, args=(log,), daemon=True),

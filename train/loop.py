@@ -10,8 +10,8 @@ from pathlib import Path
 
 import torch
 from accelerate.utils import gather_object
-from tqdm import tqdm
 
+from pipeline import progress
 from pipeline.batch import to_device
 from pipeline.shards import DataError
 from train import checkpoint
@@ -76,7 +76,8 @@ def train_epoch(run: Run, epoch: int, resume: dict | None = None) -> dict:
         meter.load(resume["meter"])
     position = resume["position"][acc.process_index] if resume else None
     first_skip = len(run.skipped)                          # --max-skip-frac: this epoch's records
-    bar = tqdm(total=loader.steps(epoch), desc=f"epoch {epoch}", disable=not acc.is_main_process, leave=False)
+    bar = progress.bar(total=loader.steps(epoch), desc=f"epoch {epoch}", unit="step", disable=not acc.is_main_process,
+                       leave=False, stats=lambda: meter.running(acc.num_processes))   # lines when not a terminal
     t_wait = time.perf_counter()
     for batch in loader(epoch, start=position):
         stop_if_asked()

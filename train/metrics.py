@@ -62,6 +62,13 @@ class Meter:
         return torch.cat([self.sums, torch.stack([self.stats[k] for k in sorted(self.stats)])]) \
             if self.stats else self.sums
 
+    def running(self, ranks: int = 1) -> dict:
+        """For a progress line (pipeline.progress): images so far (this process's count times
+        `ranks`, an estimate of the job's without a collective) and the running cross-entropy.
+        One host sync; called once per printed line, never per step."""
+        n, ce = self.sums[[self.KEYS.index("n"), self.KEYS.index("ce")]].tolist()
+        return {"images": n * ranks, "loss": ce / n if n else float("nan")}
+
     def result(self, reduce=None) -> dict:
         """Fractions in [0, 1] and per-sample means; `reduce` sums across ranks
         (accelerator.reduce) first."""
