@@ -101,10 +101,3 @@ def sample_noise(like: torch.Tensor, dist: str, sigma: float) -> torch.Tensor:
     # whole step's gradient into NaN, so u stays inside the open interval (-1/2, 1/2)
     u = torch.rand_like(like).clamp_min(torch.finfo(like.dtype).eps) - 0.5
     return -sigma / math.sqrt(2) * u.sign() * torch.log1p(-2 * u.abs())
-
-
-def label_scores(aux_or_logits: torch.Tensor, labels: torch.Tensor, norm: str) -> torch.Tensor:
-    """Label-noise score per sample: ||onehot(y) - softmax(r(x))|| (L2 for "mse", L1 for
-    "mae"); large means the label disagrees with what the predictor expects."""
-    err = F.one_hot(labels, aux_or_logits.shape[1]).float() - aux_or_logits.float().softmax(1)
-    return err.square().sum(1).sqrt() if norm == "mse" else err.abs().sum(1)

@@ -40,7 +40,7 @@ def gpu_decode_available() -> bool:
 
 
 def _idx(path: str) -> str:
-    """The DALI index beside a shard (pipeline/writer.py writes NAME.idx for NAME.tar)."""
+    """The DALI index beside a shard (pipeline/convert/writer.py writes NAME.idx for NAME.tar)."""
     return os.path.splitext(path)[0] + ".idx"
 
 

@@ -1,7 +1,7 @@
 """Hostile shard sets made from good ones, for tests: each function damages one shard (or one
 sample in it) in a copied shard folder and returns a `Damage` saying what a reader must report.
 
-Damaged shards are rewritten with pipeline.writer.write_tar, so their DALI index matches the
+Damaged shards are rewritten with pipeline.convert.writer.write_tar, so their DALI index matches the
 damaged tar, as it would for a shard written damaged at the source. Truncation and removal
 leave the card, the manifest and the index as they were: the file was cut short or lost after
 it was written (a network copy that stopped half way)."""
@@ -14,7 +14,7 @@ from pathlib import Path
 
 from pipeline.records import IMAGE_EXTS
 from pipeline.tario import iter_tar
-from pipeline.writer import write_tar
+from pipeline.convert.writer import write_tar
 
 
 @dataclass(frozen=True)

@@ -45,7 +45,7 @@ def tar_members(tar: Path) -> list[str]:
 def reference_idx(tar: Path, tmp: Path) -> str:
     """The index DALI's own tool writes for `tar` (wds2idx ships with nvidia-dali); without
     the dali extra, the same format from GNU tar's listing (header block numbers and sizes),
-    so the check never compares pipeline/writer.py with a copy of itself. A member's data
+    so the check never compares pipeline/convert/writer.py with a copy of itself. A member's data
     starts one block after its header (the shards' names fit the ustar header: no long-name
     records in between)."""
     try:

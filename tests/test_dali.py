@@ -12,7 +12,7 @@ from pipeline import dali, loader as data, shards
 from pipeline.augment import AugSpec
 from pipeline.cpu import ReadSpec, cpu_batches
 from pipeline.records import encode_sample
-from pipeline.writer import write_tar
+from pipeline.convert.writer import write_tar
 from tests.conftest import make_image
 from tests.shardkit import make_digit_shards
 from tools import make_shards

@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from pipeline import augment, dali, shards
+from pipeline.convert import verify as shard_verify
 from pipeline.cpu import ReadSpec, cpu_batches
 from tests import hostile
 from tests.shardkit import make_digit_shards
@@ -213,7 +214,7 @@ def test_a_vanished_card_shard_is_an_error(digits, tmp_path, capsys):
 # ---------------------------------------------------------------- make_shards under SIGKILL
 KILLER = r"""
 import os, signal, sys
-import pipeline.writer as writer
+import pipeline.convert.writer as writer
 kind, n = sys.argv[1], int(sys.argv[2])
 calls = [0]
 def tick():
@@ -254,9 +255,9 @@ def test_make_shards_killed_at_any_moment_leaves_no_truncated_final_file(tmp_pat
     for out, p in procs:
         assert p.wait(timeout=60) == -9, p.stderr.read()
         for tar in out.glob("*.tar"):                       # whatever has a final name is whole
-            res = verify_shards.read_shard(str(tar), 10)
+            res = shard_verify.read_shard(str(tar), 10)
             assert not res["problems"] and len(res["samples"]) in (24, 6, 16), tar
-            assert not verify_shards.check_index(tar, res["keys"]), tar
+            assert not shard_verify.check_index(tar, res["keys"]), tar
         card = out / "digits.json"
         if card.exists():                                   # written last: the set is complete
             assert not verify_shards.verify(out, "digits")[0]

@@ -16,7 +16,8 @@ import torch.nn.functional as F
 from torch import nn
 
 import models.backbones  # noqa: F401  (registers mnist_cnn in timm)
-from models.limit import FusedNet, PredictorHead, label_scores, limit_loss, sample_noise
+from models.limit import FusedNet, PredictorHead, limit_loss, sample_noise
+from tools.review.scores import label_scores
 
 K, D, B = 5, 7, 12
 

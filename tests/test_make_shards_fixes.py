@@ -5,7 +5,7 @@ import hashlib
 
 import pytest
 
-from tools import make_shards
+from pipeline.convert import jobs
 from tests.shardcheck import CLOTHING1M_CLASSES, assert_one_line_error, make_clothing1m, read_back, run
 
 
@@ -87,7 +87,7 @@ def test_a_resume_with_changed_fixes_is_refused(tmp_path, converted, capsys, mon
 
     def killed(job):
         raise KeyboardInterrupt              # a kill after the plan is recorded, before any shard
-    monkeypatch.setattr(make_shards, "write_shard", killed)
+    monkeypatch.setattr(jobs, "write_shard", killed)
     with pytest.raises(KeyboardInterrupt):
         convert(src, out, fixes, capsys)
     monkeypatch.undo()

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import webdataset as wds
 
-import pipeline.writer
+import pipeline.convert.writer
 from conftest import make_image
 from pipeline.records import encode_sample, make_key
 from tools import make_shards
@@ -46,14 +46,14 @@ def test_a_failure_mid_job_leaves_only_tmp_names(tmp_path, capsys, monkeypatch):
     make_clothing1m(src, annotations=False)
     out = tmp_path / "shards"
     per_sample = len(encode_sample("k", b"", "jpg", 0, 0, -1))
-    real, calls = pipeline.writer._member, [0]
+    real, calls = pipeline.convert.writer._member, [0]
 
     def disk_fills(name, data):         # dies inside the second shard's tar
         calls[0] += 1
         if calls[0] > 3 * per_sample + per_sample // 2:
             raise OSError(28, "No space left on device")
         return real(name, data)
-    monkeypatch.setattr(pipeline.writer, "_member", disk_fills)
+    monkeypatch.setattr(pipeline.convert.writer, "_member", disk_fills)
     rc, _, err = run(["clothing1m", src, "--out", out, "--shard-size", "3"], capsys)
     assert_one_line_error(rc, err, "No space left on device")
     names = sorted(p.name for p in out.iterdir())
@@ -66,7 +66,7 @@ def test_a_failure_mid_job_leaves_only_tmp_names(tmp_path, capsys, monkeypatch):
     assert len(tar_members(tar)) == 3 * per_sample
     assert (out / "clothing1m-000.idx").read_text() == reference_idx(tar, tmp_path)
 
-    monkeypatch.setattr(pipeline.writer, "_member", real)      # a rerun completes and cleans up
+    monkeypatch.setattr(pipeline.convert.writer, "_member", real)      # a rerun completes and cleans up
     rc, _, err = run(["clothing1m", src, "--out", out, "--shard-size", "3"], capsys)
     assert rc == 0, err
     assert read_back(out, "clothing1m", tmp_path)["card"]["splits"]["train"]["count"] == 10
@@ -89,13 +89,13 @@ def test_a_failing_worker_stops_the_pool(tmp_path, capsys, monkeypatch):
     src = tmp_path / "clothing1m"
     truth = make_clothing1m(src, annotations=False)
     bad = make_key(truth["splits"]["train"][4])
-    real = pipeline.writer._member
+    real = pipeline.convert.writer._member
 
     def fails_on_one_sample(name, data):   # forked workers inherit the patch
         if name.startswith(bad + "."):
             raise OSError(5, "Input/output error")
         return real(name, data)
-    monkeypatch.setattr(pipeline.writer, "_member", fails_on_one_sample)
+    monkeypatch.setattr(pipeline.convert.writer, "_member", fails_on_one_sample)
     out = tmp_path / "shards"
     rc, _, err = run(["clothing1m", src, "--out", out, "--shard-size", "1", "--workers", "2"], capsys)
     assert_one_line_error(rc, err, "Input/output error")

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from pipeline.convert import jobs, outputs, progress, run as conversion
 from tools import make_shards
 from tests.shardcheck import assert_one_line_error, make_clothing1m, read_back, run
 
@@ -81,9 +82,9 @@ def test_a_sigkilled_conversion_resumes_to_the_same_bytes(tmp_path, source, refe
     """A real SIGKILL after the k-th shard appears (write_tar slowed down so the kill lands
     inside the run), then the same command again."""
     want = reference("--shard-size", "1")
-    slow = ("import sys, time; import tools.make_shards as m; real = m.write_tar\n"
-            "def write_tar(*a):\n    time.sleep(0.15); return real(*a)\n"
-            "m.write_tar = write_tar; sys.exit(m.main(sys.argv[1:]))")
+    slow = ("import sys, time; import pipeline.convert.jobs as j; import tools.make_shards as m\n"
+            "real = j.write_tar\ndef write_tar(*a):\n    time.sleep(0.15); return real(*a)\n"
+            "j.write_tar = write_tar; sys.exit(m.main(sys.argv[1:]))")
     for k, workers in ((1, 1), (6, 2), (12, 1)):
         out = tmp_path / f"killed{k}"
         cmd = [str(a) for a in argv(source, out, "--shard-size", "1", "--workers", workers)]
@@ -123,12 +124,12 @@ def test_a_kill_at_each_step_resumes_to_the_same_bytes(tmp_path, source, referen
                 raise Killed()
             return real(*a, **k)
         return f
-    target = {"record": ("write_json_atomic", 4), "manifest": ("write_manifest", 0),
-              "stale": ("remove_stale_shards", 0)}.get(where)
+    target = {"record": (jobs, "write_json_atomic", 4), "manifest": (outputs, "write_manifest", 0),
+              "stale": (conversion, "remove_stale_shards", 0)}.get(where)
     if target:
-        monkeypatch.setattr(make_shards, target[0], die(getattr(make_shards, target[0]), target[1]))
+        monkeypatch.setattr(target[0], target[1], die(getattr(target[0], target[1]), target[2]))
     else:
-        monkeypatch.setattr(make_shards.Progress, "remove", die(make_shards.Progress.remove))
+        monkeypatch.setattr(progress.Progress, "remove", die(progress.Progress.remove))
     with pytest.raises(Killed):
         make_shards.main([str(a) for a in argv(source, out, "--shard-size", "1", "--workers", "1")])
     monkeypatch.undo()
@@ -140,7 +141,7 @@ def test_a_kill_at_each_step_resumes_to_the_same_bytes(tmp_path, source, referen
 
 def test_a_resume_refuses_other_inputs_or_options(tmp_path, source, capsys, monkeypatch):
     out = tmp_path / "out"
-    real = make_shards.write_shard
+    real = jobs.write_shard
     calls = [0]
 
     def dies_on_the_third(job):
@@ -148,7 +149,7 @@ def test_a_resume_refuses_other_inputs_or_options(tmp_path, source, capsys, monk
         if calls[0] == 3:
             raise Killed()
         return real(job)
-    monkeypatch.setattr(make_shards, "write_shard", dies_on_the_third)
+    monkeypatch.setattr(jobs, "write_shard", dies_on_the_third)
     with pytest.raises(Killed):
         make_shards.main([str(a) for a in argv(source, out)])
     monkeypatch.undo()

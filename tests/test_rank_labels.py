@@ -12,10 +12,11 @@ from PIL import Image
 from pipeline import loader as data
 from tests.shardkit import make_digit_shards
 from tools import bench_rank_memory
-from tools.rank_labels import SCHEMA
 from tools.rank_labels import cli as rank_cli
+from tools.review.detection import detection_summary
+from tools.review.scores import SCHEMA
 from train.limit import cli as train_cli
-from train.report import detection_summary, write_curves
+from train.report import write_curves
 
 SUMMARY_KEYS = {"n", "n_known", "n_wrong", "frac_wrong", "roc_auc", "average_precision", "k",
                 "precision_at_k", "threshold", "method", "checkpoint", "split", "n_skipped", "device"}

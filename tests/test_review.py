@@ -13,6 +13,8 @@ from pipeline.fixes import read_fixes
 from pipeline.noise import NoiseSpec, transition_matrix
 from tests.shardkit import make_digit_shards
 from tools import review_labels as rl
+from tools.review import label_studio, noise_matrix
+from tools.review import page as review_page
 
 RANK_SCHEMA = pa.schema([("key", pa.string()), ("index", pa.int64()), ("shard", pa.string()),
                          ("label", pa.int64()), ("clean_label", pa.int64()), ("score", pa.float32()),
@@ -78,12 +80,12 @@ def test_estimate_finds_uniform_noise():
     classes = [str(i) for i in range(10)]
     t = transition_matrix(NoiseSpec("uniform", 0.8), classes)
     clean, given, proxy = noisy(t)
-    est = rl.transition_estimate(given, proxy, 10)
+    est = noise_matrix.transition_estimate(given, proxy, 10)
     off = est["matrix"][~np.eye(10, dtype=bool)]
     assert np.abs(off - 0.8 / 9).max() < 0.03           # every pair flipped, equally
     assert np.allclose(est["noise_rate"], 0.8, atol=0.03)
-    exact = rl.transition_estimate(given, clean, 10)     # a perfect proxy gives the empirical truth
-    assert rl.mean_abs_error(exact["matrix"], t) < 0.01
+    exact = noise_matrix.transition_estimate(given, clean, 10)     # a perfect proxy gives the empirical truth
+    assert noise_matrix.mean_abs_error(exact["matrix"], t) < 0.01
 
 
 def test_estimate_finds_flipped_pairs():
@@ -93,14 +95,14 @@ def test_estimate_finds_flipped_pairs():
     for s, d in pairs.items():
         t[s, s], t[s, d] = 0.6, 0.4
     clean, given, proxy = noisy(t, seed=1)
-    est = rl.transition_estimate(given, proxy, 10)
+    est = noise_matrix.transition_estimate(given, proxy, 10)
     assert {(i, j) for i, j, _ in est["pairs"][:4]} == set(pairs.items())
     assert all(v > 0.3 for _, _, v in est["pairs"][:4]) and est["pairs"][4][2] < 0.05
-    assert rl.mean_abs_error(est["matrix"], t) < 0.02
+    assert noise_matrix.mean_abs_error(est["matrix"], t) < 0.02
 
 
 def test_estimate_leaves_thin_rows_unestimated():
-    est = rl.transition_estimate(np.array([0, 0, 1]), np.array([0, 0, 1]), 3, min_rows=2)
+    est = noise_matrix.transition_estimate(np.array([0, 0, 1]), np.array([0, 0, 1]), 3, min_rows=2)
     assert est["matrix"][0, 0] == 1.0 and np.isnan(est["matrix"][1]).all() and np.isnan(est["matrix"][2]).all()
 
 
@@ -122,7 +124,7 @@ def test_page_files(page):
 
 
 def test_embedded_data_cannot_close_the_script():
-    text = rl.embed_json({"source": "</script><script>alert(1)</script><!--"})
+    text = review_page.embed_json({"source": "</script><script>alert(1)</script><!--"})
     assert "<" not in text and json.loads(text)["source"].startswith("</script>")
 
 
@@ -171,7 +173,7 @@ def test_ce_run_uses_the_classifier(shards, tmp_path):
                    "--card", str(shards / "digits.json")]) == 0
     _, d = page_data(out)
     assert d["rows"]["pp"] == [-1] * 20 and d["noise"]["proxy"] == "classifier"
-    tasks_rows = rl.label_studio_tasks(d["rows"], d["classes"], "", "ce")
+    tasks_rows = label_studio.label_studio_tasks(d["rows"], d["classes"], "", "ce")
     assert tasks_rows[0]["predictions"][0]["result"][0]["value"]["choices"] == [d["classes"][d["rows"]["cp"][0]]]
 
 

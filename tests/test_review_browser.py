@@ -18,6 +18,7 @@ import pytest
 from pipeline.fixes import read_fixes
 from tests.shardkit import make_digit_shards
 from tools import review_labels as rl
+from tools.review import page as review_page
 from tools.rank_labels import cli as rank_cli
 from train.limit import cli as train_cli
 
@@ -158,7 +159,7 @@ def test_20000_suspects_interactive_within_2s(browser, page, tmp_path):
     payload.update(rows=big, run_id="perf/20000")
     out = tmp_path / "big"
     shutil.copytree(page.parent / "thumbs", out / "thumbs")
-    big_page = rl.write_page(out, payload)
+    big_page = review_page.write_page(out, payload)
     assert big_page.stat().st_size > 1_000_000
     ctx, pg, errors, start = open_page(browser, big_page)
     pg.locator("#grid").focus()

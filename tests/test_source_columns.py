@@ -1,4 +1,4 @@
-"""tools/source_columns.Records and the Clothing1M reader that builds it (issue 16: a split as
+"""pipeline/convert/columns.Records and the Clothing1M reader that builds it (issue 16: a split as
 columns, not a Python tuple a sample, so make_shards' memory does not grow with the set)."""
 import numpy as np
 import pyarrow as pa
@@ -6,8 +6,8 @@ import pytest
 
 from pipeline.records import make_key
 from pipeline.shards import DataError
-from tools import shard_sources, source_columns
-from tools.source_columns import Records
+from pipeline.convert import columns as source_columns, sources as shard_sources
+from pipeline.convert.columns import Records
 
 ROWS = [("a", 1, -1, "/x/a.jpg"), ("b", 0, 0, "/x/b.jpg"), ("c", 2, 2, "/x/c.jpg")]
 

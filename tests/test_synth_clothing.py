@@ -12,7 +12,8 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from tools import bench_scale, make_shards, shard_sources, synth_clothing as sc
+from pipeline.convert import sources as shard_sources
+from tools import bench_scale, make_shards, synth_clothing as sc
 
 REPO = Path(__file__).resolve().parent.parent
 TXT = ["noisy_label_kv.txt", "clean_label_kv.txt", "clean_train_key_list.txt", "clean_val_key_list.txt",

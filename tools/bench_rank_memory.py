@@ -22,8 +22,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from tools.rank_labels import Collector, ranks, score_outputs, write_scores
-from train.report import detection_summary, grid_rows
+from tools.review.detection import detection_summary
+from tools.review.scores import Collector, ranks, score_outputs, write_scores
+from tools.review.suspects import grid_rows
 
 K = 10
 

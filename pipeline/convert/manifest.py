@@ -7,7 +7,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from tools.source_columns import release_memory
+from pipeline.convert.columns import release_memory
 
 
 MANIFEST_SCHEMA = pa.schema([

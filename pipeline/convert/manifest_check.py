@@ -1,4 +1,4 @@
-"""verify_shards' comparison of a manifest (NAME.parquet, written by tools/shard_manifest.py)
+"""verify_shards' comparison of a manifest (NAME.parquet, written by pipeline/convert/manifest.py)
 with what the tars hold, in Arrow columns (docs/architecture.md section 5).
 
 The tars arrive as one table, a row per sample in tar order (key, shard position, label, index,

@@ -2,7 +2,7 @@
 
 A record is (key, label, clean_label, source) where source is a file path or, for MNIST,
 a uint8 pixel array. Every layout returns the same thing, so the writer never branches: a
-split is a tools.source_columns.Records (columns, not a Python object a sample; the
+split is a pipeline.convert.columns.Records (columns, not a Python object a sample; the
 Clothing1M reader builds the columns directly, the smaller layouts give tuples, converted)."""
 import errno
 import hashlib
@@ -18,7 +18,7 @@ import pyarrow as pa
 
 from pipeline.records import make_key
 from pipeline.shards import DataError
-from tools.source_columns import CHUNK, Records, as_records
+from pipeline.convert.columns import CHUNK, Records, as_records
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 SPLITS = ("train", "val", "test")
@@ -57,10 +57,10 @@ def mnist(root: Path, val_fraction: float, seed: int) -> Source:
     """MNIST's four idx files (raw or .gz, also torchvision's MNIST/raw layout). Read as they
     are, without MD5 checks (fetch_mnist checks what it downloads), so Fashion-MNIST and
     KMNIST, which share the layout, convert too."""
-    from tools.fetch_mnist import FILES, _find_existing, read_idx
+    from pipeline.convert.mnist_idx import FILES, find_existing, read_idx
     arrays = {}
     for name, (base, _, _) in FILES.items():
-        path = _find_existing(root, base)
+        path = find_existing(root, base)
         if path is None:
             raise DataError(f"mnist source {root}: {base}[.gz] not found (run tools/fetch_mnist.py {root} first)")
         try:
@@ -168,7 +168,7 @@ def clothing1m(root: Path, val_fraction: float, seed: int) -> Source:
     """Noisy train (given = noisy label, clean label where the clean list has the key),
     clean val, clean test. Recipe: shorter side 256, random 224 crop, flip. Read as columns:
     the label files as digests and labels, each split as its names alone (key and path are
-    made from the name when read; tools/source_columns.Records): at 10^6 samples ~40 MB, where
+    made from the name when read; pipeline/convert/columns.Records): at 10^6 samples ~40 MB, where
     Python tuples took ~400 MB."""
     classes = [ln.strip() for ln in _find_txt(root, "category_names_eng.txt").read_text().split("\n") if ln.strip()]
     lists = {"train": "noisy_train_key_list.txt", "val": "clean_val_key_list.txt", "test": "clean_test_key_list.txt"}

@@ -1,0 +1,84 @@
+"""What a finished conversion leaves: empty shards removed and the rest renumbered, the
+manifest, the card written last, and an older conversion's shards removed."""
+import json
+import os
+import re
+from pathlib import Path
+
+from pipeline.convert import sources
+from pipeline.convert.manifest import write_manifest
+from pipeline.convert.plan import Plan, card_options
+from pipeline.shards import DataError
+
+
+def drop_empty_shards(results: list[dict], out: Path) -> list[dict]:
+    """A shard whose every image was unreadable is an empty tar, which DALI refuses (its index
+    needs a sample) and stock webdataset reads as an error: delete it and renumber the split's
+    later shards, so names stay contiguous for brace patterns. Deterministic, like the rest."""
+    for split in sources.SPLITS:
+        mine = [r for r in results if r["split"] == split]
+        if all(r["count"] for r in mine):
+            continue
+        for r in mine:
+            if not r["count"]:
+                (out / r["file"]).unlink()
+                (out / r["file"]).with_suffix(".idx").unlink()
+        for i, r in enumerate([k for k in mine if k["count"]]):
+            new = f"{r['file'].rsplit('-', 1)[0]}-{i:03d}.tar"
+            if new != r["file"]:
+                os.replace(out / r["file"], out / new)
+                os.replace((out / r["file"]).with_suffix(".idx"), (out / new).with_suffix(".idx"))
+                r["file"] = new
+    return [r for r in results if r["count"]]
+
+
+def write_outputs(src, p: Plan, results: list[dict], args, fixes=None) -> dict:
+    skipped = src.skipped + [s for r in results for s in r["skipped"]]
+    results = drop_empty_shards(results, args.out)
+    if not results:
+        first = f" (first: {skipped[0]['source']}: {skipped[0]['reason']})" if skipped else ""
+        raise DataError(f"no image converted: {len(skipped)} skipped{first}; nothing written")
+    splits = {}
+    for r in results:
+        sp = splits.setdefault(r["split"], {"shards": [], "count": 0})
+        sp["shards"].append({"file": r["file"], "count": r["count"]})
+        sp["count"] += r["count"]
+    card = {"name": args.name, "format": args.format, "classes": src.classes, "channels": src.channels,
+            "augment": src.augment, "normalize": src.normalize, "splits": splits,
+            "num_indices": p.num_indices, "skipped": skipped, "options": card_options(args)}
+    if fixes is not None:
+        card["label_fixes"] = {"file": str(args.label_fixes), "sha256": fixes.sha256,
+                               "relabelled": fixes.n_relabelled, "dropped": fixes.n_dropped, "kept": fixes.n_kept}
+    write_manifest(p, results, args.out / f"{args.name}.parquet")
+    tmp = args.out / f"{args.name}.json.tmp"
+    tmp.write_text(json.dumps(card, indent=1) + "\n")
+    os.replace(tmp, args.out / f"{args.name}.json")   # the card last: it marks the set complete
+    return card
+
+
+def remove_stale_shards(out: Path, name: str, card: dict) -> list[str]:
+    """Delete NAME-NNN / NAME-val-NNN / NAME-test-NNN tars and indexes in `out` that the new
+    card does not list: left by an older conversion with other options, a brace pattern would
+    still train on them. Runs after the card is written, so a kill in between leaves the new
+    set complete with extra files (verify_shards names them), never a card without shards.
+    Files another card in `out` lists are kept (a dataset named NAME-val, say)."""
+    own = re.compile(rf"{re.escape(name)}(-val|-test)?-[0-9]+\.(tar|idx)")
+    keep = _listed_files(card) | {f for other in out.glob("*.json") if other.name != f"{name}.json"
+                                  for f in _listed_files(_maybe_card(other))}
+    keep |= {f[:-4] + ".idx" for f in keep if f.endswith(".tar")}
+    stale = sorted(p.name for p in out.iterdir() if own.fullmatch(p.name) and p.name not in keep)
+    for f in stale:
+        (out / f).unlink()
+    return stale
+
+
+def _listed_files(card: dict) -> set[str]:
+    return {s.get("file") for sp in card.get("splits", {}).values() for s in sp.get("shards", [])}
+
+
+def _maybe_card(path: Path) -> dict:
+    try:
+        card = json.loads(path.read_text())
+        return card if isinstance(card, dict) and isinstance(card.get("splits"), dict) else {}
+    except (OSError, ValueError, AttributeError):
+        return {}

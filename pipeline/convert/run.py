@@ -1,0 +1,71 @@
+"""One conversion, start to end: read the source, plan, resume what a killed run finished,
+write the missing shards (or one --part of them), then the card and manifest (--merge)."""
+import sys
+
+from pipeline.convert import sources
+from pipeline.convert.columns import release_memory
+from pipeline.convert.jobs import run_jobs, start_workers
+from pipeline.convert.outputs import remove_stale_shards, write_outputs
+from pipeline.convert.plan import fingerprint, plan, read_label_fixes
+from pipeline.convert.progress import Progress, check_merge, part_of
+from pipeline.shards import DataError
+
+FORMATS = ("mnist", "clothing1m", "imagefolder", "table")
+
+
+def load_source(args) -> sources.Source:
+    if not args.source.exists():
+        raise DataError(f"source not found: {args.source}")
+    val = args.val_fraction if args.val_fraction is not None else (0.2 if args.format == "mnist" else 0.0)
+    if args.format == "table":
+        classes = args.classes.split(",") if args.classes else None
+        src = sources.table(args.source, val, args.seed, classes)
+    else:
+        src = getattr(sources, args.format)(args.source, val, args.seed)
+    if args.recipe:                                     # issue 10: e.g. CIFAR exported as images
+        src.augment = dict(sources.RECIPES[args.recipe])
+    sources.check_unique_keys(src)
+    sources.check_labels(src)
+    return src
+
+
+def convert(args) -> tuple[dict | None, list[str]]:
+    """(card, stale files removed); card None after a --part run."""
+    pool = start_workers(args.workers)
+    try:
+        return convert_with(args, pool)
+    finally:   # on an error too: no worker may go on writing shards after main() returns
+        if pool:
+            pool.shutdown(cancel_futures=True)
+
+
+def convert_with(args, pool) -> tuple[dict | None, list[str]]:
+    src = load_source(args)
+    release_memory()
+    for note in src.notes:
+        print(f"make_shards: note: {note}", file=sys.stderr)
+    fixes = read_label_fixes(src, args)
+    p = plan(src, args, fixes)
+    args.out.mkdir(parents=True, exist_ok=True)
+    progress = Progress(args.out, args.name)
+    resuming = progress.open(fingerprint(p, args, fixes), must_exist=args.merge)
+    release_memory()
+    mine = [j for n, j in enumerate(p.jobs) if not args.part or part_of(n, args.part[1]) == args.part[0]]
+    done = {j["file"]: rec for j in mine if resuming and (rec := progress.done_shard(j))}
+    if args.merge:
+        check_merge(p.jobs, done, progress)
+    elif done:
+        print(f"make_shards: resuming: {len(done)} of {len(mine)} shard(s) already complete", file=sys.stderr)
+    todo = [j for j in mine if j["file"] not in done]
+    n_done = sum(j["stop"] - j["start"] for j in p.jobs if j["file"] in done)
+    written = {r["file"]: r for r in run_jobs(p, todo, args, progress.dir, pool, n_done)}
+    results = [{**j, **(done.get(j["file"]) or written[j["file"]])} for j in mine]
+    if args.part:
+        path = progress.write_part(*args.part, results)
+        print(f"wrote part {args.part[0]}/{args.part[1]} ({len(results)} shard(s), record {path}); "
+              "run the same command with --merge instead of --part once every part is done")
+        return None, []
+    card = write_outputs(src, p, results, args, fixes)
+    stale = remove_stale_shards(args.out, args.name, card)
+    progress.remove()            # after the card: a kill before this resumes to the same bytes
+    return card, stale

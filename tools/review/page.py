@@ -1,0 +1,181 @@
+"""The review page (tools/review_labels.py): rank_labels' output and the dataset card read
+back, thumbnails cut from the shards, the noise matrix drawn, and one static index.html with
+its assets, data and script inline."""
+import hashlib
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+
+from pipeline import loader as data
+from pipeline.records import find_images
+from pipeline.shards import DataError
+from tools.review.ranking import saved_config
+from train.report import pyplot
+
+ASSETS = Path(__file__).with_name("assets")
+SCORE_COLUMNS = ["key", "index", "shard", "label", "clean_label", "score", "rank", "classifier_pred",
+                 "predictor_pred"]
+
+
+# ---- inputs ----
+
+def find_card(args) -> Path:
+    """The dataset card: --card, else the one the run's config.json leads to (rank_labels'
+    own checks on that file apply: it may come from a stranger)."""
+    if args.card:
+        return Path(args.card)
+    run = Path(args.run) if args.run else Path(args.labels).resolve().parent
+    if not (run / "config.json").is_file():
+        raise DataError(f"no config.json in {run} to find the dataset card: give --run or --card")
+    cfg = saved_config(run / "config.json", args.trust_urls)
+    try:
+        return data.resolve(cfg.data, cfg.val_data, cfg.test_data, args.trust_urls).card_path
+    except DataError as e:             # the run's shards moved: say which flag helps
+        raise DataError(f"the shards of {run / 'config.json'}: {e} (give --card when they moved)") from None
+
+
+def read_scores(labels: Path) -> tuple[dict, dict]:
+    """(label_scores.parquet as numpy columns, summary.json)."""
+    path = labels / "label_scores.parquet"
+    if not path.is_file():
+        raise DataError(f"{path} not found (run tools/rank_labels.py --out {labels} first)")
+    try:
+        table = pq.read_table(path, columns=SCORE_COLUMNS)
+        summary = json.loads((labels / "summary.json").read_text()) if (labels / "summary.json").is_file() else {}
+    except (OSError, ValueError, KeyError) as e:
+        raise DataError(f"{labels}: cannot read rank_labels' output ({e})") from None
+    # key and shard stay Arrow arrays (no Python string per scored row: only the top K are
+    # taken out); the numeric columns become numpy, a CE run's null predictor_pred -1
+    cols = {c: table.column(c).combine_chunks() for c in SCORE_COLUMNS}
+    cols = {c: (v if c in ("key", "shard") else v.fill_null(-1).to_numpy() if c == "predictor_pred"
+                else v.to_numpy()) for c, v in cols.items()}
+    return cols, summary
+
+
+def check_labels(cols: dict, n: int, card_path: Path) -> None:
+    """Every label a class of the card (the page indexes class names with them)."""
+    for c in ("label", "classifier_pred", "predictor_pred"):
+        v = cols[c]
+        if len(v) and (v.max() >= n or v.min() < -1 or (c != "predictor_pred" and v.min() < 0)):
+            raise DataError(f"label_scores.parquet: {c} holds {int(v.max())} or {int(v.min())}, "
+                            f"outside the {n} classes of {card_path} (scores from another dataset?)")
+
+
+def suspects(cols: dict, k: int) -> dict:
+    """The k best-ranked samples' columns, in rank order (key and shard as Python lists)."""
+    rank = cols["rank"]
+    pick = np.flatnonzero(rank <= k)
+    pick = pick[np.argsort(rank[pick], kind="stable")]
+    return {c: (v.take(pick).to_pylist() if c in ("key", "shard") else v[pick]) for c, v in cols.items()}
+
+
+def read_sources(manifest: Path, indices: np.ndarray) -> dict[int, str]:
+    """{index: source path} from the manifest, batch by batch (it may hold millions of rows)."""
+    if not manifest.is_file() or "source" not in pq.read_schema(manifest).names:
+        return {}
+    wanted, out = set(int(i) for i in indices), {}
+    f = pq.ParquetFile(manifest)
+    for batch in f.iter_batches(batch_size=65536, columns=["index", "source"]):
+        idx = batch.column("index").to_numpy()
+        hit = np.flatnonzero(np.isin(idx, indices))
+        src = batch.column("source")
+        for i in hit:
+            if int(idx[i]) in wanted:
+                out[int(idx[i])] = src[int(i)].as_py() or ""
+    return out
+
+
+# ---- thumbnails ----
+
+def write_thumbs(shard_dir: Path, wanted: dict, out: Path, size: int) -> dict[int, str]:
+    """{index: thumbnail path relative to the page} for wanted {shard: {key: index}}, reading
+    each shard once (pipeline.records.find_images)."""
+    out.mkdir(parents=True, exist_ok=True)
+    return {wanted[shard][key]: _thumb(body, out, wanted[shard][key], size)
+            for shard, key, body in find_images(shard_dir, wanted)}
+
+
+def _thumb(body: bytes, out: Path, index: int, size: int) -> str:
+    """One thumbnail file: PNG for grey images (small, exact), JPEG for colour."""
+    from PIL import Image
+    try:
+        img = Image.open(io.BytesIO(body))
+        img.draft("RGB", (size, size))            # JPEG: decode at reduced scale
+        img = img.convert("L" if img.mode in ("1", "L", "LA", "I;16", "I") else "RGB")
+    except (OSError, ValueError, Image.DecompressionBombError):
+        return ""
+    img.thumbnail((size, size), Image.Resampling.BICUBIC)   # never enlarges: the page scales
+    # small images up itself (image-rendering: pixelated), so a 28x28 digit stays ~1 KB
+    name = f"{index}.png" if img.mode == "L" else f"{index}.jpg"
+    img.save(out / name, **({"format": "PNG"} if img.mode == "L" else {"format": "JPEG", "quality": 85}))
+    return f"{out.name}/{name}"
+
+
+# ---- where the noise is ----
+
+def plot_noise(path: Path, report: dict, classes: list[str]) -> None:
+    plt = pyplot()
+    mats = [("estimated (predictor vs given)", report["estimated"], report["noise_rate"])]
+    if report["true"] is not None:
+        mats.append((f"true (clean vs given); MAE {report['mae']:.4f}", report["true"], report["true_noise_rate"]))
+    n = len(classes)
+    fig, axes = plt.subplots(1, len(mats), figsize=(min(0.5 * n, 9) * len(mats) + 2, min(0.5 * n, 9) + 1.5),
+                             squeeze=False)
+    for ax, (title, m, rate) in zip(axes[0], mats):
+        a = np.array([[np.nan if v is None else v for v in row] for row in m])
+        ax.imshow(a, vmin=0, vmax=1, cmap="viridis")
+        names = [f"{c} ({'-' if r is None else f'{r:.2f}'})" for c, r in zip(classes, rate)] if n <= 30 else []
+        ax.set(title=title, xlabel="given label", ylabel="clean label (noise rate)")
+        if names:
+            ax.set_xticks(range(n), classes, rotation=90, fontsize=7)
+            ax.set_yticks(range(n), names, fontsize=7)
+        if n <= 12:
+            for i in range(n):
+                for j in range(n):
+                    if not np.isnan(a[i, j]):
+                        ax.text(j, i, f"{a[i, j]:.2f}", ha="center", va="center", fontsize=6,
+                                color="black" if a[i, j] > 0.5 else "white")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+# ---- the page ----
+
+def page_rows(top: dict, sources: dict, thumbs: dict) -> dict:
+    """The suspects as columns (compact JSON: one array per field)."""
+    idx = top["index"]
+    return {"index": idx.tolist(), "key": top["key"], "shard": top["shard"],
+            "source": [sources.get(int(i), "") for i in idx], "given": top["label"].tolist(),
+            "pp": top["predictor_pred"].tolist(), "cp": top["classifier_pred"].tolist(),
+            "score": [round(float(v), 5) if np.isfinite(v) else None for v in top["score"]],
+            "rank": top["rank"].tolist(),
+            "thumb": [thumbs.get(int(i), "") for i in idx]}
+
+
+def run_id(labels: Path) -> str:
+    """localStorage key of the decisions: the run folder and the scores' digest, so two runs
+    (or a re-ranking) never share decisions."""
+    digest = hashlib.sha256((labels / "label_scores.parquet").read_bytes()).hexdigest()[:16]
+    return f"{labels.resolve().parent.name}/{labels.name}@{digest}"
+
+
+def embed_json(obj) -> str:
+    """JSON safe inside <script>: '<' escaped, so no value (a key, a source path) can close
+    the element or open a comment."""
+    return json.dumps(obj, separators=(",", ":"), allow_nan=False).replace("<", "\\u003c") \
+        .replace("\u2028", "\\u2028").replace("\u2029", "\\u2029")
+
+
+def write_page(out: Path, payload: dict) -> Path:
+    """index.html with the assets inlined (a page from file:// may not fetch JSON)."""
+    html = (ASSETS / "review.html").read_text()
+    html = html.replace("/*STYLE*/", (ASSETS / "review.css").read_text())
+    html = html.replace("/*SCRIPT*/", (ASSETS / "review.js").read_text())
+    html = html.replace("/*DATA*/", embed_json(payload))
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "index.html").write_text(html, encoding="utf-8")
+    return out / "index.html"

@@ -1,0 +1,144 @@
+"""Scoring a training run: its config and checkpoint read back (they may come from a
+stranger), the split read as the run read it, every sample scored, the ranking's outputs
+(label_scores.parquet, summary.json, suspects.csv, suspects.png) written."""
+import json
+from dataclasses import fields
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from pipeline import loader as data
+from pipeline.batch import to_device
+from pipeline.cpu import ReadSpec
+from pipeline.shards import DataError, Part, check_file_url
+from tools.review.detection import detection_summary
+from tools.review.noise_matrix import noise_report
+from tools.review.scores import Collector, Scores, ranks, score_outputs, suggested, suspect_rows, write_scores
+from tools.review.suspects import draw_suspects, grid_rows, write_suspects_csv
+from train import checkpoint, config, runfolder, setup
+
+
+def load_run(args):
+    run = Path(args.run)
+    if not (run / "config.json").is_file():
+        raise config.ConfigError(f"--run {run}: no config.json (not a training run folder)")
+    cfg = saved_config(run / "config.json", args.trust_urls)
+    if args.data:                      # shards moved: the other splits come from the card
+        cfg.data, cfg.val_data, cfg.test_data = list(args.data), None, None
+    cfg.pretrained, cfg.init_from = "", ""   # weights come from the checkpoint
+    if args.checkpoint in ("best", "last"):
+        ckpt = run / "checkpoints" / args.checkpoint
+        if not (ckpt / "model.safetensors").is_file():
+            raise checkpoint.CheckpointError(f"no checkpoint at {ckpt} (expected model.safetensors)")
+    else:
+        ckpt = checkpoint.locate(args.checkpoint)
+    return cfg, ckpt
+
+
+def saved_config(path: Path, trust: bool) -> config.Config:
+    """A run's config.json, which may come from a stranger: each known field must have its
+    type (keys of other versions are dropped), the whole must pass the trainer's checks, and
+    its shard URLs must be plain paths unless --trust-urls (pipeline.shards.check_file_url)."""
+    saved = runfolder.read_json(path, "--run")
+    kw = {}
+    for f in fields(config.Config):
+        if f.name not in saved:
+            continue
+        v, want = saved[f.name], f.type if f.type in (int, float, str, bool) else list
+        ok = (v is None and want is list) or (isinstance(v, want) and not (want is int and isinstance(v, bool))) \
+            or (want is float and isinstance(v, int) and not isinstance(v, bool))
+        if not ok or (want is list and v is not None and not all(isinstance(x, str) for x in v)):
+            raise config.ConfigError(f"--run: {path}: field {f.name!r} has the wrong type ({type(v).__name__})")
+        kw[f.name] = v
+    try:
+        cfg = config.validate(config.Config(**kw))
+    except config.ConfigError as e:
+        raise config.ConfigError(f"--run: {path}: {e}") from None
+    for name in ("data", "val_data", "test_data"):
+        for i, url in enumerate(getattr(cfg, name) or []):
+            check_file_url(url, f"--run: {path}, field {name}[{i}]", trust)
+    return cfg
+
+
+def build_loader(cfg, args, part: Part):
+    ds = data.resolve(cfg.data, cfg.val_data, cfg.test_data, args.trust_urls)
+    if args.split not in ds.urls:
+        raise DataError(f"the dataset has no {args.split!r} split")
+    aug = data.spec_from_card(ds.card, cfg.image_size)
+    noise, fixes = data.given_labels(ds, cfg.noise, cfg.noise_pairs, cfg.noise_seed, cfg.label_fixes)
+    # the run's subset less its drops (not its balanced draws: every sample it could train on is scored)
+    select = (data.selection(ds, cfg.max_train_samples, 0, cfg.seed, noise, fixes.drop if fixes else ())
+              if args.split == "train" else None)
+    spec = ReadSpec(aug, train=False, batch_size=args.batch_size or cfg.batch_size, seed=cfg.seed)
+    ld = data.Loader(ds.urls[args.split], spec, len(ds.classes),
+                     workers=cfg.workers if args.workers is None else args.workers,
+                     noise=noise, select=select, part=part)
+    count = ds.card["splits"].get(args.split, {}).get("count")
+    total = select.count(0, count) if select is not None else count
+    return ds, aug, ld, total
+
+
+def load_model(cfg, ckpt: Path, n_classes: int, in_chans: int):
+    model = setup.build_model(cfg, n_classes, in_chans)
+    model.classifier.load_state_dict(checkpoint.load_weights(checkpoint.classifier_file(ckpt)))
+    if model.predictor is not None:
+        if not (ckpt / "predictor.safetensors").is_file():
+            raise checkpoint.CheckpointError(f"checkpoint {ckpt}: a LIMIT run without predictor.safetensors")
+        model.predictor.load_state_dict(checkpoint.load_weights(ckpt / "predictor.safetensors"))
+    return model.eval()
+
+
+@torch.no_grad()
+def score_split(model, ld, norm, device, cfg, total, show: bool) -> tuple[Scores, int]:
+    col, skipped = Collector(total or 0), 0
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    bar = tqdm(total=total, desc="scoring", unit="img", disable=not show)
+    for batch in ld(0):
+        skipped += len(batch.skipped)
+        bar.update(len(batch))
+        if len(batch) == 0 or getattr(batch, "pad", False):
+            continue
+        b = to_device(batch, device, *norm, cfg.channels_last)
+        out = model(b.images)
+        col.add(index=batch.index, label=batch.labels, clean=batch.clean,
+                **score_outputs(out.logits, out.aux, b.labels, cfg.predictor_loss))
+    bar.close()
+    return col.result(), skipped
+
+
+def gather(acc, s: Scores, out: Path) -> Scores | None:
+    """Several processes: each scored its own shards; the main one concatenates (via OUT)."""
+    if acc.num_processes == 1:
+        return s
+    np.savez(out / f".scores-{acc.process_index}.npz", **vars(s))
+    acc.wait_for_everyone()
+    if not acc.is_main_process:
+        return None
+    paths = [out / f".scores-{r}.npz" for r in range(acc.num_processes)]
+    parts = [dict(np.load(p)) for p in paths]
+    for p in paths:
+        p.unlink()
+    return Scores(**{f.name: np.concatenate([p[f.name] for p in parts]) for f in fields(Scores)})
+
+
+def report(s: Scores, ds, out: Path, args, info: dict) -> dict:
+    manifest = ds.card_path.with_suffix(".parquet")
+    if not manifest.is_file():
+        raise DataError(f"manifest not found: {manifest} (written beside the card by make_shards)")
+    rank = ranks(s)
+    picks = grid_rows(s.label, rank, args.grid_per_class, len(ds.classes))
+    records = write_scores(s, rank, manifest, out / "label_scores.parquet", args.top, picks)
+    summary = {**detection_summary(s.score, s.label, s.clean), **info}
+    cols = {"label": s.label, "predictor_pred": s.predictor_pred, "classifier_pred": s.classifier_pred,
+            "clean_label": s.clean}
+    summary["noise_matrix"] = noise_report(cols, len(ds.classes), args.split)   # tools/review/noise_matrix.py
+    (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+    if args.top:
+        write_suspects_csv(out / "suspects.csv", suspect_rows(s, rank, records, ds.classes, args.top))
+    tiles = [(records[int(r)], int(s.label[r]), suggested(s, int(r))) for r in picks]
+    draw_suspects(out / "suspects.png", tiles, ds.classes, ds.card_path.parent, args.grid_per_class)
+    print(f"rank_labels: {len(s)} samples, roc_auc {summary['roc_auc']}, wrote {out}")
+    return summary
