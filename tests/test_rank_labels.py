@@ -216,3 +216,39 @@ def test_summary_holds_the_noise_transition_matrix(ranked):
     assert est.shape == true.shape == (10, 10) and m["proxy"] == "predictor" and m["n_known"] == 600
     assert m["mae"] < 0.05, m["mae"]
     assert abs(np.nanmean(np.array(m["true_noise_rate"], dtype=float)) - 0.3) < 0.05
+
+
+def test_a_softreg_run_is_scored_as_its_registry_entry_says(shards, tmp_path):
+    """softreg has a second network (its auxiliary r) but its registry entry scores by the
+    classifier with the L2 norm: the scores are ||onehot(y) - softmax(classifier(x))||_2 of the
+    checkpoint, recomputed here batch by batch, and no predictor column is filled in."""
+    from argparse import Namespace
+    from tools.review.ranking import build_loader, load_model, load_run
+    from tools.review.scores import label_scores
+    from pipeline.batch import to_device
+    from pipeline.shards import Part
+    run = tmp_path / "softreg"
+    train(shards, run, "--method", "softreg", "--predictor-loss", "mae", "--epochs", "1",
+          "--max-train-samples", "300")
+    out = run / "labels"
+    assert rank_cli(["--run", str(run), "--out", str(out), "--checkpoint", "last", "--workers", "0"]) == 0
+    assert json.loads((out / "summary.json").read_text())["method"] == "classifier mse"
+    got = pq.read_table(out / "label_scores.parquet").to_pydict()
+    assert all(p is None for p in got["predictor_pred"])
+    args = Namespace(run=str(run), checkpoint="last", data=None, trust_urls=False, split="train",
+                     batch_size=0, workers=0)
+    cfg, ckpt = load_run(args)
+    ds, aug, ld, _ = build_loader(cfg, args, Part(0, 1))
+    model = load_model(cfg, ckpt, len(ds.classes), aug.channels)
+    norm = (tuple(ds.card["normalize"]["mean"]), tuple(ds.card["normalize"]["std"]))
+    want = {}
+    with torch.no_grad():
+        for batch in ld(0):
+            if len(batch) == 0 or getattr(batch, "pad", False):
+                continue
+            b = to_device(batch, torch.device("cpu"), *norm, False)
+            s = label_scores(model.classifier(b.images), b.labels, "mse")
+            want.update(zip(batch.index.tolist(), s.tolist()))
+    score = dict(zip(got["index"], got["score"]))
+    assert score.keys() == want.keys()
+    np.testing.assert_allclose([score[i] for i in want], list(want.values()), rtol=1e-4, atol=1e-5)

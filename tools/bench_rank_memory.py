@@ -22,6 +22,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
+from models.limit import Outputs
 from tools.review.detection import detection_summary
 from tools.review.scores import Collector, ranks, score_outputs, write_scores
 from tools.review.suspects import grid_rows
@@ -66,7 +67,7 @@ def run(n: int, batch: int, folder: Path) -> dict:
     t0 = time.perf_counter()
     col = Collector(n)
     for index, given, clean, logits, aux in stream(n, batch):
-        col.add(index=index, label=given, clean=clean, **score_outputs(logits, aux, given, "mae"))
+        col.add(index=index, label=given, clean=clean, **score_outputs(Outputs(logits, aux), given, "predictor", "mae"))
     s = col.result()
     rank = ranks(s)
     picks = grid_rows(s.label, rank, 8, K)

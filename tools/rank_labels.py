@@ -2,9 +2,11 @@
 
     python tools/rank_labels.py --run runs/limit --out runs/limit/labels [--top 500]
 
-LIMIT runs score a sample by ||onehot(y) - softmax(r(x))|| with the run's norm (L2 for
-mse/LIMIT_G, L1 for mae/LIMIT_L); CE and baseline runs by the L2 distance on the classifier's
-own softmax. Large = suspicious. The split is read with eval transforms and the run's noise
+A sample's score is ||onehot(y) - softmax(net(x))|| with the network and norm the run's
+objective declares (train/objectives.py REGISTRY, `score`): LIMIT runs by the predictor r with
+the run's norm (L2 for mse/LIMIT_G, L1 for mae/LIMIT_L); CE and every other objective
+(softreg included: its auxiliary network is not a label predictor) by the L2 distance on the
+classifier's own softmax. Large = suspicious. The split is read with eval transforms and the run's noise
 table and subset, so the given labels are exactly those the run trained on.
 
 Writes OUT/label_scores.parquet, OUT/summary.json, OUT/suspects.png and, with --top K,
@@ -56,9 +58,7 @@ def main(argv=None) -> int:
     s = gather(acc, s, out)
     if s is None:
         return 0
-    method = (f"predictor {cfg.predictor_loss}" if REGISTRY[cfg.method].scores_with_predictor
-              else "classifier mse")
-    report(s, ds, out, args, {"method": method, "checkpoint": str(ckpt), "split": args.split,
+    report(s, ds, out, args, {"method": REGISTRY[cfg.method].score.describe(cfg), "checkpoint": str(ckpt), "split": args.split,
                               "n_skipped": skipped, "device": str(acc.device)})
     return 0
 

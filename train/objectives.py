@@ -3,8 +3,8 @@ with `out` the model's `Outputs` and `stats` a dict of detached scalar tensors (
 train_<name> in metrics.jsonl). The loop never branches on the method.
 
 REGISTRY (bottom of this file) is the one place that names the objectives: the config's
---method choices, the model builder (train/setup.py) and rank_labels read what each entry
-declares it needs. Adding an objective = one function and one `register(Objective(...))`."""
+--method choices, the model builder (train/setup.py) and rank_labels (tools/review/ranking.py:
+which network scores a sample, with which norm) read what each entry declares. Adding an objective = one function and one `register(Objective(...))`."""
 from dataclasses import dataclass
 from functools import partial
 from typing import Callable
@@ -100,6 +100,24 @@ def estimate_transition(probs: np.ndarray, percentile: float = 97.0) -> np.ndarr
 
 # ---- the registry ----
 @dataclass(frozen=True)
+class Score:
+    """How tools/rank_labels.py scores a sample of a run trained with the objective:
+    ||onehot(y) - softmax(net(x))|| (docs/architecture.md section 2). net: "classifier", or
+    "predictor" for LIMIT's gradient predictor (a second network that is not a label predictor,
+    like softreg's auxiliary one, does not score); norm: "mse" (L2), "mae" (L1) or
+    "predictor_loss" (the run's --predictor-loss, the distance its predictor was fitted with)."""
+    net: str = "classifier"
+    norm: str = "mse"
+
+    def norm_for(self, cfg) -> str:
+        return cfg.predictor_loss if self.norm == "predictor_loss" else self.norm
+
+    def describe(self, cfg) -> str:
+        """summary.json's "method": which network, which norm."""
+        return f"{self.net} {self.norm_for(cfg)}"
+
+
+@dataclass(frozen=True)
 class Objective:
     """What an objective is and what it needs. `build(cfg, transition)` returns the
     `objective(out, labels)` callable; it reads only the flags of its own method."""
@@ -110,12 +128,8 @@ class Objective:
                                   # classifier's features beside it (softreg)
     fine_tunes: bool = False      # starts from a CE model: --init-from is required
     transition: bool = False      # needs a noise transition matrix (FW: --transition or estimated)
+    score: Score = Score()        # how rank_labels scores its samples
     doc: str = ""
-
-    @property
-    def scores_with_predictor(self) -> bool:
-        """rank_labels scores by the predictor's distance to the label (else the classifier's)."""
-        return self.second_net == "predictor"
 
 
 REGISTRY: dict[str, Objective] = {}
@@ -135,7 +149,8 @@ def _ce(cfg, transition=None):
 register(Objective("ce", _ce, doc="cross-entropy (with --grad-noise: CE + GN / LN)"))
 register(Objective("limit", lambda cfg, t=None: partial(limit, predictor_loss=cfg.predictor_loss, beta=cfg.beta,
                                                         sample=cfg.sample_dist if cfg.sample else "", sigma=cfg.sigma),
-                   second_net="predictor", doc="LIMIT: the classifier learns from predicted gradients"))
+                   second_net="predictor", score=Score("predictor", "predictor_loss"),
+                   doc="LIMIT: the classifier learns from predicted gradients"))
 register(Objective("mae", lambda cfg, t=None: mae, doc="mean absolute error (Ghosh et al.)"))
 register(Objective("gce", lambda cfg, t=None: partial(gce, q=cfg.gce_q), doc="generalized CE (Zhang & Sabuncu)"))
 register(Objective("fw", lambda cfg, t=None: partial(fw, transition=t), fine_tunes=True, transition=True,

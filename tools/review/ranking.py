@@ -18,6 +18,7 @@ from tools.review.noise_matrix import noise_report
 from tools.review.scores import Collector, Scores, ranks, score_outputs, suggested, suspect_rows, write_scores
 from tools.review.suspects import draw_suspects, grid_rows, write_suspects_csv
 from train import checkpoint, config, runfolder, setup
+from train.objectives import REGISTRY
 
 
 def load_run(args):
@@ -92,7 +93,7 @@ def load_model(cfg, ckpt: Path, n_classes: int, in_chans: int):
 
 @torch.no_grad()
 def score_split(model, ld, norm, device, cfg, total, show: bool) -> tuple[Scores, int]:
-    col, skipped = Collector(total or 0), 0
+    col, skipped, score = Collector(total or 0), 0, REGISTRY[cfg.method].score
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     bar = tqdm(total=total, desc="scoring", unit="img", disable=not show)
@@ -104,7 +105,7 @@ def score_split(model, ld, norm, device, cfg, total, show: bool) -> tuple[Scores
         b = to_device(batch, device, *norm, cfg.channels_last)
         out = model(b.images)
         col.add(index=batch.index, label=batch.labels, clean=batch.clean,
-                **score_outputs(out.logits, out.aux, b.labels, cfg.predictor_loss))
+                **score_outputs(out, b.labels, score.net, score.norm_for(cfg)))
     bar.close()
     return col.result(), skipped
 

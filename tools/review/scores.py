@@ -62,13 +62,14 @@ class Collector:
         return Scores(**{k: a[:self.n] for k, a in self.cols.items()})
 
 
-def score_outputs(logits, aux, given, norm: str) -> dict:
-    """The score of each sample and the two predictions, from one forward's outputs."""
-    if aux is None:
-        return {"score": label_scores(logits, given, "mse"), "classifier_pred": logits.argmax(1),
-                "predictor_pred": torch.full_like(given, -1)}
-    return {"score": label_scores(aux, given, norm), "classifier_pred": logits.argmax(1),
-            "predictor_pred": aux.argmax(1)}
+def score_outputs(out, given, net: str, norm: str) -> dict:
+    """The score of each sample by `net` ("classifier" or "predictor", train.objectives.Score)
+    with `norm`, and the two predictions (predictor_pred -1 unless a predictor scores: another
+    second network, softreg's auxiliary one, is not a label predictor)."""
+    scorer = out.aux if net == "predictor" else out.logits
+    pred = out.aux.argmax(1) if net == "predictor" else torch.full_like(given, -1)
+    return {"score": label_scores(scorer, given, norm), "classifier_pred": out.logits.argmax(1),
+            "predictor_pred": pred}
 
 
 def ranks(s: Scores) -> np.ndarray:
