@@ -12,8 +12,13 @@ Accepted files (the format is told by the content, not the name):
     class name or "drop".
 
 The file may come from anyone: it is parsed as text (csv, json) and nothing in it is ever
-run. Any problem is a DataError of one line naming the file and the row (CSV line or task
-number)."""
+run; only a regular file within MAX_BYTES is opened (a FIFO would hang, /dev/zero fill the
+memory). Any problem is a DataError of one line naming the file and the row (CSV line or task
+number), never quoting the file's content (`--label-fixes /etc/shadow` must not print it).
+A file that decides nothing (a dataset card or Label Studio's import file passed by mistake,
+a header alone) is refused, and so are decisions on val or test samples and dropping every
+train sample. CSV cells a spreadsheet would evaluate were written with a leading `'`
+(pipeline/csv_cells.py) and are read back without it."""
 import csv
 import hashlib
 import io
@@ -22,9 +27,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from pipeline import safe_io
+from pipeline.csv_cells import restore
 from pipeline.shards import DataError
 
 DROP = "drop"
+# The drop choice when a class is itself named "drop" (Label Studio's choices are plain
+# strings): review_labels writes this one then, and it always means drop.
+DROP_CHOICE = "(drop)"
+MAX_DIGITS = 18              # an index or class number; 5,000 digits trip Python's int-string limit
 DECISIONS = ("accept", "relabel", "keep", DROP)
 MAX_BYTES = 1 << 30          # a fixes file is a table of decisions; 1 GiB is ~20M rows
 ID_COLUMNS = ("index", "key")
@@ -62,35 +73,30 @@ class _Context:
     lookup: Callable[[str], int | None]
     n_indices: int
     classes: list[str]
+    train: Callable[[int], bool] | None = None   # whether an index is a train sample; None: all are
     seen: dict = field(default_factory=dict)
 
     def fail(self, where: str, what: str):
         raise DataError(f"fixes file {self.path}, {where}: {what}")
 
 
-def read_fixes(path, key_to_index, n_indices: int, class_names: list[str]) -> Fixes:
+def read_fixes(path, key_to_index, n_indices: int, class_names: list[str], train_indices=None) -> Fixes:
     """The decisions of a fixes file. key_to_index: {key: sample index} or a callable
-    key -> index (None or KeyError when unknown); n_indices: indices are 0..n_indices-1."""
+    key -> index (None or KeyError when unknown); n_indices: indices are 0..n_indices-1;
+    train_indices: the train split's indices (a set), when other splits share the index space."""
     path = Path(path)
-    raw = _read_bytes(path)
-    ctx = _Context(str(path), _lookup_of(key_to_index), int(n_indices), list(class_names))
+    raw = safe_io.read_capped(path, MAX_BYTES, "fixes file")
+    train = train_indices.__contains__ if train_indices is not None else None
+    ctx = _Context(str(path), _lookup_of(key_to_index), int(n_indices), list(class_names), train)
     text = _decode(raw, ctx)
     if text.lstrip()[:1] in ("[", "{"):
         _read_label_studio(text, ctx)
     else:
         _read_table(text, ctx)
-    return _collect(ctx, hashlib.sha256(raw).hexdigest())
-
-
-def _read_bytes(path: Path) -> bytes:
-    try:
-        if path.stat().st_size > MAX_BYTES:
-            raise DataError(f"fixes file {path}: larger than {MAX_BYTES >> 20} MiB")
-        return path.read_bytes()
-    except FileNotFoundError:
-        raise DataError(f"fixes file not found: {path}") from None
-    except OSError as e:
-        raise DataError(f"fixes file {path}: cannot read it ({e.strerror or e})") from None
+    fixes = _collect(ctx, hashlib.sha256(raw).hexdigest())
+    if train_indices is not None and train_indices and fixes.drop >= set(train_indices):
+        raise DataError(f"fixes file {path}: drops every train sample ({len(fixes.drop)}); nothing would be trained")
+    return fixes
 
 
 def _decode(raw: bytes, ctx: _Context) -> str:
@@ -115,6 +121,9 @@ def _lookup_of(key_to_index) -> Callable[[str], int | None]:
 
 
 def _collect(ctx: _Context, sha: str) -> Fixes:
+    if not ctx.seen:
+        raise DataError(f"fixes file {ctx.path}: decides nothing (no row relabels, drops or confirms a sample: "
+                        "a header alone, a dataset card, or Label Studio's import file instead of its export?)")
     relabel = {i: lab for i, (act, lab, _) in ctx.seen.items() if act == "relabel"}
     drop = frozenset(i for i, (act, _, _) in ctx.seen.items() if act == DROP)
     kept = frozenset(i for i, (act, _, _) in ctx.seen.items() if act == "keep")
@@ -144,18 +153,20 @@ def _sample(ctx: _Context, where: str, index_text, key) -> int:
     if index_text not in (None, ""):
         index = _int(index_text)
         if index is None or not 0 <= index < ctx.n_indices:
-            ctx.fail(where, f"index {str(index_text)[:40]!r} is not a sample index (0..{ctx.n_indices - 1})")
+            ctx.fail(where, f"the index is not a sample index (0..{ctx.n_indices - 1})")
     if key not in (None, ""):
         if not isinstance(key, str):
-            ctx.fail(where, f"key {str(key)[:40]!r} is not text")
+            ctx.fail(where, "the key is not text")
         found = ctx.lookup(key)
         if found is None:
-            ctx.fail(where, f"unknown key {key[:80]!r} (not in the dataset's manifest)")
+            ctx.fail(where, "unknown key (not in the dataset's manifest)")
         if index is not None and int(found) != index:
-            ctx.fail(where, f"key {key[:80]!r} is sample {found}, but the row says index {index}")
+            ctx.fail(where, f"the key is sample {found}, but the row says index {index}")
         index = int(found)
     if index is None:
         ctx.fail(where, "names no sample (empty key and index)")
+    if ctx.train is not None and not ctx.train(index):
+        ctx.fail(where, f"sample {index} is a val or test sample; fixes apply to train samples only")
     return index
 
 
@@ -165,7 +176,7 @@ def _int(v) -> int | None:
         return None
     if isinstance(v, int):
         return v
-    if isinstance(v, str) and v.strip().isdigit() and v.strip().isascii():
+    if isinstance(v, str) and v.strip().isdigit() and v.strip().isascii() and len(v.strip()) <= MAX_DIGITS:
         return int(v.strip())
     return None
 
@@ -184,16 +195,22 @@ def _label(ctx: _Context, where: str, text) -> int:
     number = _int(text)
     if number is not None and number < len(ctx.classes):
         return number
-    ctx.fail(where, f"label {text[:40]!r} is not one of the {len(ctx.classes)} classes "
-                    f"({', '.join(ctx.classes[:5])}{', ...' if len(ctx.classes) > 5 else ''}) nor 'drop'")
+    ctx.fail(where, f"the label is not one of the {len(ctx.classes)} classes "
+                    f"({', '.join(ctx.classes[:5])}{', ...' if len(ctx.classes) > 5 else ''}) nor {drop_choice(ctx.classes)!r}")
+
+
+def drop_choice(classes: list[str]) -> str:
+    """The label that means "leave the sample out": "drop", or DROP_CHOICE when a class is
+    named "drop" (then "drop" is that class)."""
+    return DROP_CHOICE if any(c.strip().casefold() == DROP for c in classes) else DROP
 
 
 def _action(ctx: _Context, where: str, decision: str | None, label_text) -> tuple[str, int | None]:
     """(relabel | keep | drop, label) from a row's decision (optional) and label."""
     decision = (decision or "").strip().lower() or None
     if decision is not None and decision not in DECISIONS:
-        ctx.fail(where, f"decision {decision[:20]!r} is not one of {', '.join(DECISIONS)}")
-    is_drop = isinstance(label_text, str) and label_text.strip().lower() == DROP
+        ctx.fail(where, f"the decision is not one of {', '.join(DECISIONS)}")
+    is_drop = isinstance(label_text, str) and label_text.strip().lower() in (DROP_CHOICE, drop_choice(ctx.classes))
     if decision == DROP or (decision is None and is_drop):
         return DROP, None
     if decision == "keep":
@@ -220,11 +237,11 @@ def _read_table(text: str, ctx: _Context) -> None:
             where = f"row {reader.line_num}"
             if len(row) != len(header):
                 ctx.fail(where, f"has {len(row)} fields, the header {len(header)}")
-            get = lambda name: row[cols[name]] if name in cols else None  # noqa: E731
+            get = lambda name: restore(row[cols[name]]) if name in cols else None  # noqa: E731
             index = _sample(ctx, where, get("index"), get("key"))
             _decide(ctx, where, index, *_action(ctx, where, get("decision"), get("label")))
     except csv.Error as e:
-        ctx.fail(f"row {reader.line_num}", f"is not valid CSV ({e})")
+        ctx.fail(f"row {reader.line_num}", "is not valid CSV")
 
 
 def _columns(ctx: _Context, header: list[str]) -> dict[str, int]:
@@ -238,9 +255,9 @@ def _columns(ctx: _Context, header: list[str]) -> dict[str, int]:
             cols["label"] = header.index(name)
             break
     if not any(n in cols for n in ID_COLUMNS):
-        ctx.fail("row 1", f"the header {','.join(header)[:80]!r} has no 'key' or 'index' column")
+        ctx.fail("row 1", "the header has no 'key' or 'index' column (not a table of decisions?)")
     if "label" not in cols and "decision" not in cols:
-        ctx.fail("row 1", f"the header {','.join(header)[:80]!r} has no 'label' or 'new_label' column")
+        ctx.fail("row 1", "the header has no 'label' or 'new_label' column")
     return cols
 
 
@@ -293,7 +310,7 @@ def _task_choice(ctx: _Context, where: str, task: dict) -> str | None:
         if choice is not None:
             picked.add(choice)
     if len(picked) > 1:
-        ctx.fail(where, f"annotators disagree ({', '.join(sorted(picked))[:80]})")
+        ctx.fail(where, "annotators disagree")
     return picked.pop() if picked else None
 
 
@@ -316,10 +333,10 @@ def _single(ctx: _Context, where: str, value) -> str | None:
         value = value.get("choices")
     if isinstance(value, list):
         if len(value) > 1:
-            ctx.fail(where, f"several choices {value[:3]!r} (one label per sample)")
+            ctx.fail(where, "several choices (one label per sample)")
         value = value[0] if value else None
     if value is None:
         return None
     if not isinstance(value, str):
-        ctx.fail(where, f"the choice {str(value)[:40]!r} is not text")
+        ctx.fail(where, "the choice is not text")
     return value

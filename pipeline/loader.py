@@ -137,7 +137,9 @@ def given_labels(ds: Dataset, noise: str, pairs: str, seed: int, fixes_file: str
     if not fixes_file:
         return table, None
     from pipeline.fixes import read_fixes
-    fixes = _flagged("--label-fixes", read_fixes, fixes_file, manifest_keys(ds), ds.card["num_indices"], ds.classes)
+    # the train split's indices: a fix to a val or test sample would be counted but never applied
+    fixes = _flagged("--label-fixes", read_fixes, fixes_file, manifest_keys(ds), ds.card["num_indices"], ds.classes,
+                     train_indices(ds))
     return FixedLabels(table, fixes.relabel, ds.card["num_indices"]), fixes
 
 
@@ -145,6 +147,12 @@ def manifest_keys(ds: Dataset) -> dict[str, int]:
     """key -> index over the manifest (one Python string a sample: ~100 MB at 10^6, read once)."""
     t = pq.read_table(ds.card_path.with_suffix(".parquet"), columns=["key", "index"])
     return dict(zip(t.column("key").to_pylist(), t.column("index").to_pylist()))
+
+
+def train_indices(ds: Dataset) -> set[int]:
+    """The indices of the manifest's train rows."""
+    t = pq.read_table(ds.card_path.with_suffix(".parquet"), columns=["split", "index"])
+    return {i for s, i in zip(t.column("split").to_pylist(), t.column("index").to_pylist()) if s == "train"}
 
 
 class Loader:

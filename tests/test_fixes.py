@@ -67,7 +67,7 @@ def test_duplicate_rows_that_agree_are_one_decision(tmp_path):
     ("key,label\nimg001,dog,extra\n", "row 2", "has 3 fields"),
     ("key,label\nimg001,\"dog\n", "row", "not valid CSV"),
     ("name,label\nimg001,dog\n", "row 1", "no 'key' or 'index'"),
-    ("key,decision,new_label\nimg001,maybe,dog\n", "row 2", "decision 'maybe'"),
+    ("key,decision,new_label\nimg001,maybe,dog\n", "row 2", "the decision is not one of"),
     ("key,decision,new_label\nimg001,accept,\n", "row 2", "has no label"),
     ("", "row 1", "empty"),
 ])
@@ -153,3 +153,50 @@ def test_label_studio_errors_name_the_task(tmp_path, tasks, words):
     with pytest.raises(DataError, match=words) as e:
         read(p)
     assert str(p) in str(e.value) and "task " in str(e.value)
+
+
+# ---- issue 27: a class named "drop", neutralized CSV cells, files that decide nothing ----
+
+def test_a_class_named_drop_is_distinguishable_from_dropping(tmp_path):
+    classes = ["cat", "drop", "bird"]
+    f = read_fixes(write(tmp_path, "key,label\nimg001,drop\nimg002,(drop)\n"), KEYS, 10, classes)
+    assert f.relabel == {1: 1} and f.drop == {2}
+    f = read_fixes(write(tmp_path, "key,decision,new_label\nimg001,relabel,drop\nimg002,drop,\n"), KEYS, 10, classes)
+    assert f.relabel == {1: 1} and f.drop == {2}
+
+
+def test_neutralized_csv_cells_are_read_back_unchanged(tmp_path):
+    from pipeline.csv_cells import write_csv
+    keys = {"=HYPERLINK(1)": 0, "@SUM(1)": 1, "'=x": 2}
+    write_csv(tmp_path / "f.csv", ["key", "label"], [{"key": k, "label": "=cls"} for k in keys])
+    f = read_fixes(tmp_path / "f.csv", keys, 10, ["=cls", "b"])
+    assert f.relabel == {0: 0, 1: 0, 2: 0}
+
+
+@pytest.mark.parametrize("body", ["key,label\n", '{"splits": {}, "classes": ["cat"]}',
+                                  '[{"data": {"key": "img001", "image": "x.png"}}]'])
+def test_a_file_that_decides_nothing_is_refused(tmp_path, body):
+    with pytest.raises(DataError, match="decides nothing"):
+        read(write(tmp_path, body))
+
+
+def test_errors_never_quote_the_file(tmp_path):
+    for body in ("admin:$6$s3cr3t:19000::\nbin:*::\n", "key,label\nadmin$6$s3cr3t,cat\n",
+                 "key,label\nimg001,admin$6$s3cr3t\n", "key,decision\nimg001,s3cr3t\n"):
+        with pytest.raises(DataError) as e:
+            read(write(tmp_path, body))
+        assert "s3cr3t" not in str(e.value)
+
+
+def test_huge_numbers_are_one_line(tmp_path):
+    for body in ("index,label\n" + "9" * 5000 + ",cat\n", "key,label\nimg001," + "9" * 5000 + "\n",
+                 '[{"index": ' + "9" * 5000 + ', "label": "cat"}]'):
+        with pytest.raises(DataError):
+            read(write(tmp_path, body))
+
+
+def test_fixes_to_val_or_test_samples_are_refused(tmp_path):
+    with pytest.raises(DataError, match="val or test"):
+        read_fixes(write(tmp_path, "index,label\n1,cat\n8,dog\n"), KEYS, 10, CLASSES, train_indices=set(range(5)))
+    with pytest.raises(DataError, match="every train sample"):
+        read_fixes(write(tmp_path, "index,label\n0,drop\n1,drop\n"), KEYS, 10, CLASSES, train_indices={0, 1})

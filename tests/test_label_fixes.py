@@ -56,7 +56,7 @@ def test_fixes_apply_after_noise(shards, manifest, tmp_path):
     assert sum(lab != clean for lab, clean in scored.values()) == len(scored) - 1
 
 
-@pytest.mark.parametrize("text, says", [("key,label\nno-such-key,3\n", "no-such-key"),
+@pytest.mark.parametrize("text, says", [("key,label\nno-such-key,3\n", "unknown key"),
                                         ("index,label\n0,11\n", "row"),
                                         ("index,label\n0,3\n0,4\n", "row")])
 def test_a_bad_fixes_file_is_one_line(shards, tmp_path, capsys, text, says):

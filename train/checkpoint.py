@@ -4,7 +4,7 @@ train_state.pt (optimizer, RNG, position; loaded with weights_only=True) and met
 A folder is written under a temporary name and swapped in, so a kill never leaves a
 half-written checkpoint under a final name."""
 import json
-import os
+import math
 import random
 import shutil
 from pathlib import Path
@@ -12,6 +12,9 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from pipeline import safe_io
+from pipeline.shards import DataError
+from train.metrics import Meter
 from train.runfolder import read_jsonl, write_atomic
 
 
@@ -24,26 +27,25 @@ def _tensors(module: torch.nn.Module) -> dict:
 
 
 def save(folder: Path, model, optimizer, meta: dict, ema=None) -> None:
-    """model: the unwrapped FusedNet; ema: its classifier's models.ema.Ema, or None."""
+    """model: the unwrapped FusedNet; ema: its classifier's models.ema.Ema, or None. Built in a
+    fresh private folder (a fixed `last.tmp` could be a planted link), then swapped in."""
     folder = Path(folder)
-    tmp, old = folder.with_name(folder.name + ".tmp"), folder.with_name(folder.name + ".old")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    save_file(_tensors(model.classifier), tmp / "model.safetensors")
-    if model.predictor is not None:
-        save_file(_tensors(model.predictor), tmp / "predictor.safetensors")
-    if ema is not None:
-        save_file(_tensors(ema.module), tmp / "model_ema.safetensors")
-    state = {"optimizer": optimizer.state_dict(), "torch_rng": torch.get_rng_state(),
-             "python_rng": list(random.getstate()[1]),
-             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
-    torch.save(state, tmp / "train_state.pt")
-    (tmp / "meta.json").write_text(json.dumps(meta, indent=1, sort_keys=True) + "\n")
-    if folder.exists():
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(folder, old)
-    os.replace(tmp, folder)
-    shutil.rmtree(old, ignore_errors=True)
+    safe_io.out_dir(folder.parent, "checkpoint folder")
+    tmp = safe_io.private_dir(folder)
+    try:
+        save_file(_tensors(model.classifier), tmp / "model.safetensors")
+        if model.predictor is not None:
+            save_file(_tensors(model.predictor), tmp / "predictor.safetensors")
+        if ema is not None:
+            save_file(_tensors(ema.module), tmp / "model_ema.safetensors")
+        state = {"optimizer": optimizer.state_dict(), "torch_rng": torch.get_rng_state(),
+                 "python_rng": list(random.getstate()[1]),
+                 "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+        torch.save(state, tmp / "train_state.pt")
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=1, sort_keys=True) + "\n")
+        safe_io.replace_dir(tmp, folder, folder.with_name(folder.name + ".old"))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def locate(path: str | Path) -> Path:
@@ -56,11 +58,96 @@ def locate(path: str | Path) -> Path:
     raise CheckpointError(f"no checkpoint at {path} (expected model.safetensors in it or in checkpoints/best)")
 
 
+MAX_META = 64 << 20          # meta.json: the config and one metrics row, kilobytes
+MAX_STATE = 16 << 30         # train_state.pt: optimizer moments, twice the weights at most
+
+
 def read_meta(folder: Path) -> dict:
+    """meta.json, its schema checked (check_meta): one line naming the field, never a traceback."""
+    path = Path(folder) / "meta.json"
     try:
-        return json.loads((Path(folder) / "meta.json").read_text())
-    except (OSError, ValueError) as e:
-        raise CheckpointError(f"checkpoint {folder}: unreadable meta.json ({e})") from None
+        meta = json.loads(safe_io.read_capped(path, MAX_META, "meta.json"))
+    except (ValueError, RecursionError) as e:     # DataError too: a pipe, a device, too large
+        raise CheckpointError(f"checkpoint {folder}: unreadable meta.json ({getattr(e, 'msg', None) or e})") from None
+    problem = check_meta(meta)
+    if problem:
+        raise CheckpointError(f"checkpoint {folder}: meta.json is damaged ({problem})")
+    return meta
+
+
+def _count(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+
+def _number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def check_meta(meta) -> str | None:
+    """What is wrong with a meta.json object, or None. Every field the trainer reads back:
+    epoch and step are counts (a negative epoch would train epochs -4..1), best a record of
+    numbers, in_epoch a flag whose position and meter fit a mid-epoch resume."""
+    if not isinstance(meta, dict):
+        return "not a JSON object"
+    for key in ("epoch", "step"):
+        if not _count(meta.get(key)):
+            return f"{key!r} is not a count (an integer >= 0)"
+    if "n_skipped" in meta and not _count(meta["n_skipped"]):
+        return "'n_skipped' is not a count"
+    if not isinstance(meta.get("config"), dict):
+        return "no 'config' object"
+    best = meta.get("best")
+    if not (isinstance(best, dict) and _number(best.get("score")) and not math.isnan(best["score"])
+            and all(best.get(k) is None or _number(best[k]) for k in ("val_acc", "test_acc"))
+            and (best.get("epoch") is None or _count(best["epoch"]))):
+        return "'best' is not a record {score, val_acc, epoch, test_acc} of numbers"
+    if not isinstance(meta.get("in_epoch", False), bool):
+        return "'in_epoch' is not true or false"
+    if meta.get("in_epoch"):
+        return _check_position(meta.get("position")) or _check_meter(meta.get("meter"))
+    return None
+
+
+def _check_position(position) -> str | None:
+    """One {worker: batches taken} per rank."""
+    if not isinstance(position, list) or not position:
+        return "'position' is not a list of one position per rank"
+    for p in position:
+        if not (isinstance(p, dict) and all(isinstance(k, str) and k.isdigit() and k.isascii() and len(k) < 6
+                                            and _count(v) for k, v in p.items())):
+            return "'position' holds a rank's entry that is not {worker: batches taken}"
+    return None
+
+
+def _check_meter(meter) -> str | None:
+    if not (isinstance(meter, dict) and isinstance(meter.get("sums"), list)
+            and len(meter["sums"]) == len(Meter.KEYS) and all(_number(v) for v in meter["sums"])
+            and isinstance(meter.get("stats"), dict)
+            and all(isinstance(k, str) and _number(v) for k, v in meter["stats"].items())):
+        return f"'meter' is not {{sums: {len(Meter.KEYS)} numbers, stats: {{name: number}}}}"
+    return None
+
+
+def check_train_state(state) -> str | None:
+    """What is wrong with train_state.pt's content, or None: an optimizer state, the torch
+    RNG state this torch makes, Python's Mersenne Twister state (625 words, each 32-bit, the
+    position <= 624) and a list of CUDA RNG states."""
+    if not isinstance(state, dict):
+        return "not a dict"
+    if not isinstance(state.get("optimizer"), dict):
+        return "no optimizer state"
+    rng, ref = state.get("torch_rng"), torch.get_rng_state()
+    if not (isinstance(rng, torch.Tensor) and rng.dtype == ref.dtype and rng.shape == ref.shape):
+        return "its torch RNG state is missing or of the wrong size"
+    py = state.get("python_rng")
+    if not (isinstance(py, (list, tuple)) and len(py) == 625
+            and all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 2 ** 32 for v in py)
+            and py[-1] <= 624):
+        return "its Python RNG state is missing or malformed"
+    cuda = state.get("cuda_rng", [])
+    if not (isinstance(cuda, list) and all(isinstance(t, torch.Tensor) and t.dtype == torch.uint8 for t in cuda)):
+        return "its CUDA RNG states are malformed"
+    return None
 
 
 def classifier_file(folder: Path) -> Path:
@@ -70,6 +157,10 @@ def classifier_file(folder: Path) -> Path:
 
 
 def load_weights(path: Path) -> dict:
+    try:
+        safe_io.check_regular(path, MAX_STATE, "checkpoint file")
+    except DataError as e:
+        raise CheckpointError(str(e)) from None
     try:
         return load_file(str(path))
     except Exception as e:  # safetensors raises its own error types for damaged files
@@ -91,9 +182,16 @@ def load_train_state(folder: Path, model, optimizer, ema=None) -> dict:
     except RuntimeError as e:
         raise CheckpointError(f"checkpoint {folder} holds another model ({' '.join(str(e).split())[:200]})") from None
     try:
+        safe_io.check_regular(folder / "train_state.pt", MAX_STATE, "train_state.pt")
+    except DataError as e:
+        raise CheckpointError(f"checkpoint {folder}: {e}") from None
+    try:
         state = torch.load(folder / "train_state.pt", weights_only=True, map_location="cpu")
     except Exception as e:  # a pickle that wants to run code lands here, refused
         raise CheckpointError(f"checkpoint {folder}: train_state.pt refused or damaged ({type(e).__name__})") from None
+    problem = check_train_state(state)
+    if problem:
+        raise CheckpointError(f"checkpoint {folder}: train_state.pt is damaged ({problem})")
     try:
         optimizer.load_state_dict(state["optimizer"])
     except (ValueError, KeyError) as e:

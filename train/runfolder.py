@@ -4,12 +4,13 @@ a finished run that a resume leaves as it is, and the check that a resume contin
 same experiment. docs/architecture.md, "Run folders"."""
 import json
 import os
-import shutil
 import socket
 import sys
+import tempfile
 import time
 from pathlib import Path
 
+from pipeline import safe_io
 from train.config import ConfigError
 
 LOCK = ".lock"
@@ -17,6 +18,8 @@ LOCK = ".lock"
 RUN_FILES = ("config.json", "metrics.jsonl", "skipped.jsonl", "final.json", "curves.png",
              "summary.csv", "resumes.jsonl")
 RUN_DIRS = ("checkpoints",)
+MAX_JSON = 64 << 20      # config.json, final.json: kilobytes; a cap so /dev/zero cannot fill memory
+MAX_LOG = 1 << 30        # metrics.jsonl: ~1 kB an epoch
 # Flags a resume may change: they decide how long or how the run is watched, not what it
 # learns. Anything else changed makes it another experiment (mid-epoch, --workers too: the
 # saved position is per worker).
@@ -36,8 +39,11 @@ class RunLock:
         self.held = False
 
     def acquire(self) -> "RunLock":
-        tmp = self.path.with_name(f"{LOCK}.{self.me['pid']}.tmp")
-        tmp.write_text(json.dumps(self.me) + "\n")
+        # a fresh exclusive name: a fixed one could be a link planted by whoever sent the folder
+        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f"{LOCK}.", suffix=".tmp")
+        with os.fdopen(fd, "w") as f:
+            f.write(json.dumps(self.me) + "\n")
+        tmp = Path(tmp)
         try:
             for _ in range(3):
                 try:
@@ -51,30 +57,47 @@ class RunLock:
             tmp.unlink(missing_ok=True)
 
     def _take_over_if_stale(self) -> None:
-        try:
-            owner = json.loads(self.path.read_text())
-            pid, host = int(owner["pid"]), str(owner["host"])
-        except FileNotFoundError:
+        if not self.path.exists() and not self.path.is_symlink():
             return                                  # released meanwhile: try again
-        except (OSError, ValueError, KeyError, TypeError):
-            raise ConfigError(f"--out {self.path.parent}: unreadable lock file {self.path}; "
-                              "delete it if no run is using this folder") from None
+        owner = check_lock(self.path)
+        pid, host = owner["pid"], owner["host"]
         if host != self.me["host"] or _alive(pid):
             since = time.strftime("%Y-%m-%d %H:%M", time.localtime(owner.get("started", 0)))
             raise ConfigError(f"--out {self.path.parent}: in use by pid {pid} on {host} since {since}"
                               f" (lock {self.path}; delete it only if that run is gone)")
         print(f"limit: taking over the stale lock of pid {pid} (no longer running) in {self.path.parent}",
               file=sys.stderr)
-        self.path.unlink(missing_ok=True)
+        self.path.unlink(missing_ok=True)           # a link is removed as a link
 
     def release(self) -> None:
         if self.held:
             try:
-                if json.loads(self.path.read_text()).get("pid") == self.me["pid"]:
+                if check_lock(self.path)["pid"] == self.me["pid"]:
                     self.path.unlink()
-            except (OSError, ValueError):
+            except ValueError:
                 pass                                # gone or replaced: not ours to remove
             self.held = False
+
+
+MAX_PID = 2 ** 22                                   # Linux's pid_max ceiling (4,194,304)
+
+
+def check_lock(path: Path) -> dict:
+    """A lock file's {"pid", "host", "started"}, checked: a pid os.kill can take (a 20-digit
+    one overflows it), a host name, a time. Anything else is one line naming the file."""
+    bad = ConfigError(f"--out {path.parent}: unreadable lock file {path}; delete it if no run is using this folder")
+    try:
+        owner = json.loads(safe_io.read_capped(path, 4096, "lock file"))
+    except (ValueError, RecursionError):
+        raise bad from None
+    if not isinstance(owner, dict):
+        raise bad
+    pid, host, started = owner.get("pid"), owner.get("host"), owner.get("started", 0)
+    if (not isinstance(pid, int) or isinstance(pid, bool) or not 0 < pid <= MAX_PID
+            or not isinstance(host, str) or len(host) > 255
+            or not isinstance(started, (int, float)) or isinstance(started, bool) or not 0 <= started < 1e11):
+        raise bad
+    return {"pid": pid, "host": host, "started": started}
 
 
 def _alive(pid: int) -> bool:
@@ -99,21 +122,19 @@ def claim(out: Path, resume: str, overwrite: bool, main_process: bool) -> None:
     if not overwrite:
         raise ConfigError(f"--out {out} holds a run (config.json or checkpoints/): pass --resume auto to "
                           "continue it, --overwrite to replace it, or another --out")
-    if main_process:
-        for name in RUN_FILES:
-            (Path(out) / name).unlink(missing_ok=True)
-        for name in RUN_DIRS:
-            shutil.rmtree(Path(out) / name, ignore_errors=True)
+    if main_process:        # regular files and real folders only: a link is refused, not followed
+        for name in RUN_FILES + RUN_DIRS:
+            safe_io.remove(Path(out) / name, missing_ok=True)
 
 
 def read_json(path: Path, what: str) -> dict:
     """A JSON object from a file that may be damaged: one line naming it, never a traceback."""
+    if not Path(path).exists():
+        raise ConfigError(f"{what}: {path} not found")
     try:
-        obj = json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"{what}: {path} not found") from None
-    except (OSError, ValueError) as e:
-        raise ConfigError(f"{what}: {path} is damaged ({str(e)[:80]})") from None
+        obj = json.loads(safe_io.read_capped(path, MAX_JSON, what))
+    except (ValueError, RecursionError) as e:   # DataError too: a pipe, a device, too large
+        raise ConfigError(f"{what}: {path} is damaged ({_reason(e)})") from None
     if not isinstance(obj, dict):
         raise ConfigError(f"{what}: {path} is not a JSON object")
     return obj
@@ -154,7 +175,7 @@ def read_jsonl(path: Path, key: str = "epoch") -> list[dict]:
     """The rows of a JSON-lines log, each an object with an integer `key`. A last line cut off
     by a kill (no newline after it) is dropped; any other damage is one line naming the file
     and the line."""
-    text = Path(path).read_text()
+    text = safe_io.read_capped(path, MAX_LOG, "log").decode("utf-8", errors="replace")
     lines = text.splitlines()
     rows = []
     for n, line in enumerate(lines, 1):
@@ -167,16 +188,20 @@ def read_jsonl(path: Path, key: str = "epoch") -> list[dict]:
         except ValueError as e:
             if n == len(lines) and not text.endswith("\n"):
                 break                               # half-written by a kill: that epoch is redone
-            raise ConfigError(f"{path}: line {n} is damaged ({str(e)[:60]})") from None
+            raise ConfigError(f"{path}: line {n} is damaged ({_reason(e)})") from None
         rows.append(row)
     return rows
 
 
 def write_atomic(path: Path, text: str) -> None:
     """A file that exists whole or not at all: a kill mid-write leaves the old one."""
-    tmp = Path(path).with_name(Path(path).name + f".{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    safe_io.write_text(path, text)
+
+
+def _reason(e: Exception) -> str:
+    """Why a file did not parse, without its content (json's messages quote none; a
+    DataError names the file and the cause)."""
+    return getattr(e, "msg", None) or str(e)[:120]
 
 
 def resume_args(out: Path) -> list[str]:
