@@ -28,8 +28,9 @@ def bar(total: int | None = None, desc: str = "", *, unit: str = "it", initial: 
         disable: bool = False, leave: bool = True, interval: float | None = None, stats=None,
         stream=None, clock=time.monotonic, **tqdm_kwargs):
     """A tqdm bar when `stream` (default stderr) is a terminal, else Lines. `interval` (seconds,
-    None = DEFAULT_INTERVAL) applies to Lines only; `leave=False` drops the closing line as it
-    drops tqdm's bar (the training loop prints its own line per epoch)."""
+    None = DEFAULT_INTERVAL) applies to Lines only. Lines ends with a closing line (totals, average
+    rate) when it printed any and `leave` (tqdm's: keep the bar); the training loop passes
+    leave=False, as it prints its own line per epoch."""
     stream = sys.stderr if stream is None else stream
     if disable or _wants_bar(stream):
         return tqdm(total=total, desc=desc, unit=unit, initial=initial, disable=disable, leave=leave,
@@ -74,6 +75,7 @@ class Lines:
         self.interval, self.stats, self.stream, self.clock = max(0.0, interval), stats, stream, clock
         self.start = self.last_t = clock()
         self.start_n, self.last_n, self.last_images, self.closed = initial, initial, None, False
+        self.lines = 0
 
     def update(self, n: int = 1) -> None:
         self.n += n
@@ -84,7 +86,7 @@ class Lines:
         if self.closed:
             return
         self.closed = True
-        if self.leave:
+        if self.leave and self.lines:       # a job too short for one line stays silent
             self._emit(final=True)
 
     def __enter__(self):
@@ -111,6 +113,7 @@ class Lines:
         if not final:
             parts.append(f"ETA {self._eta(now)}")
         print(" | ".join(parts) + (" | done" if final else ""), file=self.stream, flush=True)
+        self.lines += 1
         self.last_t, self.last_n = now, self.n
 
     def _count(self) -> str:

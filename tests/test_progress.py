@@ -90,3 +90,14 @@ def test_a_non_terminal_training_log_is_line_oriented_and_small(tmp_path, capsys
     monkeypatch.setenv("LIMIT_PROGRESS", "bar")
     assert cli(train_argv(shards, tmp_path / "bar", "--epochs", "2")) == 0
     assert "\r" in capsys.readouterr().err
+
+
+def test_a_job_shorter_than_the_interval_prints_nothing(monkeypatch):
+    monkeypatch.delenv("LIMIT_PROGRESS", raising=False)
+    out, clock = io.StringIO(), Clock()
+    bar = progress.bar(total=10, desc="shards", unit="img", interval=30, stream=out, clock=clock)
+    for _ in range(10):
+        clock.t += 1
+        bar.update()
+    bar.close()
+    assert out.getvalue() == ""

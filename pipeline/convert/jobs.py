@@ -8,12 +8,12 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from tqdm import tqdm
 
 from pipeline.convert.images import encode_image
 from pipeline.convert.plan import Plan, job_records
 from pipeline.convert.progress import write_json_atomic
 from pipeline.convert.writer import write_tar
+from pipeline.progress import bar as progress_bar
 from pipeline.records import encode_sample
 
 
@@ -64,8 +64,8 @@ def run_jobs(p: Plan, todo: list[dict], args, work: Path, pool: ProcessPoolExecu
              done: int = 0) -> list[dict]:
     """Write the shards of `todo`; at most 2 per worker in flight, so the records of one shard
     exist only while it is written (no per-sample objects for the whole plan)."""
-    bar = tqdm(total=sum(j["stop"] - j["start"] for j in p.jobs), initial=done, unit="img", desc="shards",
-               disable=None)
+    # a bar on a terminal, a plain line per interval in a batch job's log (was: nothing there)
+    bar = progress_bar(total=sum(j["stop"] - j["start"] for j in p.jobs), initial=done, unit="img", desc="shards")
     results = []
 
     def job(j):
