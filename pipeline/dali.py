@@ -83,7 +83,7 @@ def _scan_index(path: str, mtime: float) -> IndexScan:
             n += 1
             exts = tok[0::step]
             end = max(end, *(int(o) + int(z) for o, z in zip(tok[1::step], tok[2::step])))
-            key = tok[3].rsplit(".", 1)[0] if step == 4 else ""
+            key = records.split_member(tok[3])[0] if step == 4 else ""   # webdataset: the first dot
             if key and key in seen:            # ---- duplicate keys, as the CPU backend
                 skips.append((path, key, "duplicate key"))
                 drops.update(int(o) for e, o in zip(exts, tok[1::step]) if e in ("jpg", "png"))
@@ -252,7 +252,7 @@ def _labels(raw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def _where(out: dict, i: int) -> tuple[str, str]:
     """(shard, key) of sample i of a DALI batch, from its "tar:offset:member" source info."""
     url, _, member = out["source"][i].cpu().numpy().tobytes().rstrip(b"\0").decode().rpartition(":")
-    return url.rsplit(":", 1)[0], member.rsplit(".", 1)[0]
+    return url.rsplit(":", 1)[0], records.split_member(member)[0]
 
 
 def _parse(out: dict, n_classes: int, keep, skips: list, drops: frozenset = frozenset(),

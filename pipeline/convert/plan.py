@@ -99,10 +99,13 @@ def fingerprint(p: Plan, args, fixes) -> str:
 
 
 def card_options(args, for_fingerprint: bool = False) -> dict:
-    """The options written to the card: --part and --merge are how the work was spread, not
-    what it made (a merged card equals a one-machine card); --label-fixes only when given,
-    so cards of conversions without it keep their bytes."""
-    skip = {"part", "merge"} | ({"workers"} if for_fingerprint else set())
+    """The options written to the card: how the set was made, not where or by how many
+    processes. --part, --merge and --workers spread the work (the bytes are the same for any of
+    them) and --out is a folder of the machine that wrote it, which a card moved or shared must
+    not name, so the card is byte-identical across them; the resume fingerprint keeps --out as
+    it always did. --label-fixes only when given, so cards of conversions without it keep their
+    bytes."""
+    skip = {"part", "merge", "workers"} | (set() if for_fingerprint else {"out"})
     if not args.label_fixes:
         skip.add("label_fixes")
     return {k: str(v) for k, v in sorted(vars(args).items()) if k not in skip}

@@ -111,7 +111,7 @@ def check_index(tar: Path, keys: list[str]) -> list[str]:
         head, rows = lines[0], [t for t in lines[1:] if t]
         step = 4 if head[0] == "v1.2" else 3
         end = max((int(o) + int(z) for t in rows for o, z in zip(t[1::step], t[2::step])), default=0)
-        names = [t[3].rsplit(".", 1)[0] for t in rows] if step == 4 else None
+        names = [records.split_member(t[3])[0] for t in rows] if step == 4 else None
     except (OSError, ValueError, IndexError) as e:
         return [f"{idx.name}: unreadable ({type(e).__name__}: {e})"]
     problems = []

@@ -5,6 +5,8 @@ import os
 import tarfile
 from pathlib import Path
 
+from pipeline.records import split_member
+
 
 def _member(name: str, data: bytes) -> tuple[tarfile.TarInfo, io.BytesIO]:
     info = tarfile.TarInfo(name)
@@ -36,7 +38,7 @@ def write_dali_index(tar_path: Path, idx_path: Path) -> None:
     last = None
     with tarfile.open(tar_path, mode="r", encoding="utf-8") as tar:
         for m in tar.getmembers():
-            base, ext = m.name.split(".", 1)
+            base, ext = split_member(m.name)      # webdataset: the first dot of the base name
             if base != last:
                 groups.append([])
                 last = base
