@@ -17,7 +17,7 @@ samples drawn with the seed, `balanced` = the most suspicious of each predicted 
 or a reviewer's own file (--fixes; K = its decided rows). Precision
 is the share of the picked samples whose given label is wrong, i.e. the labels a review fixes.
 One CSV row per finished run; rows already there are skipped, so the study resumes.
-docs/architecture.md section 7 places this in the review loop."""
+docs/architecture.md section 9 places this in the review loop."""
 import argparse
 import csv
 import json

@@ -1,4 +1,4 @@
-"""One split's samples as columns, for tools/make_shards.py (docs/architecture.md section 5).
+"""One split's samples as columns, for tools/make_shards.py (docs/architecture.md section 8).
 
 A conversion of 10^6 samples held as a list of (key, label, clean, path) tuples costs ~400 bytes
 a sample in Python objects, and that list is what made make_shards' memory grow with the

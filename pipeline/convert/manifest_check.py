@@ -1,5 +1,5 @@
 """verify_shards' comparison of a manifest (NAME.parquet, written by pipeline/convert/manifest.py)
-with what the tars hold, in Arrow columns (docs/architecture.md section 5).
+with what the tars hold, in Arrow columns (docs/architecture.md section 8).
 
 The tars arrive as one table, a row per sample in tar order (key, shard position, label, index,
 clean); the manifest is a stranger's file, cast to the writer's types first. Per-key work is a
