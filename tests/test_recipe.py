@@ -73,9 +73,14 @@ def recipe_of(argv, card=DIGITS):
 
 def test_limit_gets_the_recipe_for_flags_left_at_their_defaults():
     cfg, changed = recipe_of(["--method", "limit", "--model", "mnist_cnn"])
-    assert (cfg.batch_size, cfg.model_ema, cfg.predictor_model, cfg.augment, cfg.beta) == (64, True, "mnist_cnn_bn", "pad:2", 5.0)
+    assert (cfg.batch_size, cfg.model_ema, cfg.augment, cfg.beta) == (64, True, "pad:2", 5.0)
     assert changed["batch_size"] == (256, 64) and changed["beta"] == (10.0, 5.0)
-    assert set(changed) == {"batch_size", "model_ema", "predictor_model", "augment", "beta"}
+    # the CE phase (a quarter of the 10 default epochs) starts both networks: the predictor
+    # keeps the classifier's backbone
+    assert (cfg.init_epochs, cfg.init_target, cfg.predictor_model) == (2, "both", "")
+    assert set(changed) == {"batch_size", "model_ema", "augment", "beta", "init_epochs", "init_target"}
+    cfg, changed = recipe_of(["--method", "limit", "--model", "mnist_cnn", "--init-epochs", "0"])
+    assert cfg.predictor_model == "mnist_cnn_bn" and "init_target" not in changed
 
 
 def test_flags_given_win_and_recipe_none_is_the_old_behaviour():

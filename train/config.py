@@ -53,7 +53,9 @@ class Config:
     grad_noise_sigma: float = opt(0.0, "CE + GN / LN: per-logit noise std, on the per-sample gradient softmax - onehot (the reference's noise_std times the batch size)")
     transition: str = opt("", "FW: KxK transition matrix file (default: estimated from --init-from's predictions)")
     init_from: str = opt("", "run folder or checkpoint of a CE run (+init)")
-    init_target: str = opt("predictor", "what --init-from initializes", choices=["predictor", "classifier", "both"])
+    init_target: str = opt("predictor", "what +init starts from the CE model (--init-from, --init-epochs)", choices=["predictor", "classifier", "both"])
+    init_epochs: int = opt(0, "LIMIT +init in one run: a cross-entropy phase of at most E epochs (counted in --epochs) whose best noisy-validation weights start --init-target, then LIMIT (train/init_phase.py; --method limit's recipe sets a quarter of --epochs, at most 15)", metavar="E")
+    init_patience: int = opt(3, "the CE phase of --init-epochs ends early when noisy validation has not improved for this many epochs")
     predictor_warmup: float = opt(0.0, "LIMIT: the first E epochs train the predictor alone (the classifier's learning rate 0), so a classifier from +init is not pulled toward an untrained predictor's guesses", metavar="E")
     recipe: str = opt("auto", "auto: --method limit sets the flags it leaves at their defaults to its 60-epoch recipe (train/recipe.py LIMIT_RECIPE: --batch-size 64, --model-ema, the BN predictor for mnist_cnn, --augment pad:2 on digits; RESULTS.md 'Tuning'); none: the flags as given", choices=["auto", "none"])
     augment: str = opt("card", "train augmentation: the dataset card's recipe, none, or pad:N (pad N px, random crop back: a random translation of up to N px)", choices=["card", "none", "pad:1", "pad:2", "pad:3", "pad:4"])
@@ -112,7 +114,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 POSITIVE = ("epochs", "batch_size", "lr")
 NON_NEGATIVE = ("patience", "balance", "save_every", "workers", "image_size", "max_train_samples", "beta", "sigma", "weight_decay",
-                "warmup_epochs", "clip_grad", "grad_noise_sigma", "predictor_warmup")
+                "warmup_epochs", "clip_grad", "grad_noise_sigma", "predictor_warmup", "init_epochs", "init_patience")
+# Upper bounds on sizes a received config.json can set: image_size 10^6 asks for a 1 TB batch.
+# Each is far above any real use (a 2048 px crop is 4x ImageNet's largest common recipe).
+AT_MOST = {"image_size": 2048, "batch_size": 1 << 16, "workers": 256, "epochs": 100_000}
 
 
 def validate(cfg: Config) -> Config:
@@ -127,6 +132,9 @@ def validate(cfg: Config) -> Config:
     for name in NON_NEGATIVE:
         if getattr(cfg, name) < 0:
             raise ConfigError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(cfg, name)}")
+    for name, most in AT_MOST.items():
+        if getattr(cfg, name) > most:
+            raise ConfigError(f"--{name.replace('_', '-')} must be <= {most}, got {getattr(cfg, name)}")
     if not cfg.data:
         raise ConfigError("--data is required: train shards as a brace pattern or a folder")
     if not 0 < cfg.gce_q <= 1:
@@ -137,6 +145,14 @@ def validate(cfg: Config) -> Config:
         raise ConfigError(f"--lambda must be >= 0, got {cfg.softreg_lambda}")
     if cfg.predictor_warmup and cfg.method != "limit":
         raise ConfigError(f"--predictor-warmup trains LIMIT's predictor alone first: it needs --method limit, got {cfg.method}")
+    if cfg.init_epochs and REGISTRY.get(cfg.method) and REGISTRY[cfg.method].second_net != "predictor":
+        raise ConfigError(f"--init-epochs starts LIMIT's networks from a CE phase: it needs --method limit, got {cfg.method}")
+    if cfg.init_epochs and cfg.init_from:
+        raise ConfigError("--init-epochs trains the CE model in this run and --init-from reads one: pass one of them")
+    if cfg.init_epochs and cfg.init_epochs >= cfg.epochs:
+        raise ConfigError(f"--init-epochs {cfg.init_epochs} leaves no LIMIT epoch in --epochs {cfg.epochs}")
+    if cfg.init_epochs and cfg.predictor == "head" and cfg.init_target != "classifier":
+        raise ConfigError("--init-epochs with --predictor head: only --init-target classifier (the head has no backbone)")
     if cfg.grad_noise and cfg.method != "ce":
         raise ConfigError(f"--grad-noise is CE + GN / LN: it needs --method ce, got {cfg.method}")
     if cfg.grad_noise and not cfg.grad_noise_sigma > 0:

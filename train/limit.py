@@ -9,6 +9,7 @@ import json
 import math
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")   # weights come from local files, never a hub
@@ -18,9 +19,9 @@ from accelerate import Accelerator  # noqa: E402
 
 from models.backbones import ModelError  # noqa: E402
 from models.ema import Ema  # noqa: E402
-from pipeline import loader as data  # noqa: E402
+from pipeline import loader as data, safe_io  # noqa: E402
 from pipeline.shards import DataError, Part, absolute_specs  # noqa: E402
-from train import checkpoint, config, runfolder, setup  # noqa: E402
+from train import checkpoint, config, init_phase, runfolder, setup  # noqa: E402
 from train.loop import Diverged, Run, fit, stop_on_interrupt  # noqa: E402
 from train.objectives import REGISTRY, make_objective  # noqa: E402
 from train.fano import run_summary  # noqa: E402
@@ -33,10 +34,9 @@ USER_ERRORS = (config.ConfigError, DataError, ModelError, checkpoint.CheckpointE
 def prepare_out(cfg) -> Path:
     out = Path(cfg.out)
     try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / f".write_test.{os.getpid()}"     # one per process: ranks share --out
-        probe.touch()
-        probe.unlink()
+        safe_io.out_dir(out)                            # a link at --out is refused
+        with tempfile.TemporaryFile(dir=out):            # a fresh name: a fixed probe could be a link
+            pass
     except OSError as e:
         raise config.ConfigError(f"--out {out}: not writable ({e.strerror})") from None
     return out
@@ -109,9 +109,13 @@ def train(cfg, acc, out: Path, given: set) -> int:
     transition = (setup.fw_transition(cfg, acc.unwrap_model(model), loaders["train"].as_eval(), acc, norm)
                   if REGISTRY[cfg.method].transition else None)
     objective = make_objective(cfg, transition)
-    run = Run(cfg, acc, model, optimizer, objective, loaders, norm, steps, out, ema=ema)
+    phase = init_phase.InitPhase(cfg.init_epochs, cfg.init_patience, cfg.init_target) if cfg.init_epochs else None
+    run = Run(cfg, acc, model, optimizer, objective, loaders, norm, steps, out, ema=ema, init=phase,
+              method_objective=objective)
     if resume:
         run.step, run.best, run.n_skipped = resume["step"], resume["best"], resume["n_skipped"]
+        if phase:
+            phase.load(resume.get("init_phase"))
     with stop_on_interrupt():
         final = fit(run, start, resume if resume and resume.get("in_epoch") else None)
     if acc.is_main_process:
@@ -121,7 +125,8 @@ def train(cfg, acc, out: Path, given: set) -> int:
             final["label_fixes_applied"] = fixes_record(fixes)
         runfolder.write_atomic(out / "final.json", json.dumps(final, indent=1) + "\n")
         write_curves(out)                     # curves.png + summary.csv from metrics.jsonl
-        acc.print(f"done: best val {final['best_val_acc']} at epoch {final['best_epoch']}, "
+        acc.print(f"done: best val {final['best_val_acc']} at epoch {final['best_epoch']} (clean accuracy estimated "
+                  f"from it: {final['best_val_acc_clean_est']}), "
                   f"test {final['test_acc']}, last test {final['test_acc_last']}")
     acc.end_training()
     return 0
@@ -161,7 +166,7 @@ def resume_state(cfg, out: Path, acc, model, optimizer, ema) -> dict:
         checkpoint.trim_logs(out, start)      # lines written after that checkpoint are redone
         if safe:
             acc.print("resume: " + ", ".join(f"--{k.replace('_', '-')} {a!r} -> {b!r}" for k, (a, b) in safe.items()))
-            with open(out / "resumes.jsonl", "a") as f:
+            with safe_io.open_append(out / "resumes.jsonl") as f:
                 f.write(json.dumps({"epoch": start, "changed": safe}) + "\n")
     return meta
 

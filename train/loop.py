@@ -8,13 +8,15 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 from accelerate.utils import gather_object
 
+from pipeline import safe_io
 from pipeline import progress
 from pipeline.batch import to_device
 from pipeline.shards import DataError
-from train import checkpoint
+from train import checkpoint, clean_estimate, init_phase
 from train.metrics import Meter
 from train.step import train_step
 
@@ -37,6 +39,8 @@ class Run:
     n_skipped: int = 0                  # samples skipped in this epoch's passes (train, val, test)
     ema: object = None                  # models.ema.Ema of the classifier (--model-ema)
     position: dict = field(default_factory=dict)  # the train data position of the last batch taken
+    init: init_phase.InitPhase | None = None      # --init-epochs: the CE phase before LIMIT
+    method_objective: object = None     # the --method's objective; `objective` is this epoch's
 
     @property
     def total_steps(self) -> int:       # the LR schedule's length
@@ -60,7 +64,7 @@ class Run:
     def save(self, name: str, meta: dict) -> None:
         """All ranks call it (positions are gathered); the main process writes."""
         meta = {**meta, "step": self.step, "best": self.best, "n_skipped": self.n_skipped,
-                "config": vars(self.cfg)}
+                "config": vars(self.cfg), "init_phase": self.init.state() if self.init else None}
         if meta.get("in_epoch"):
             meta["position"] = gather_object([self.position])
         if self.accelerator.is_main_process:
@@ -156,23 +160,34 @@ def check_finite(run: Run, meter: Meter, epoch: int) -> None:
 @torch.no_grad()
 def evaluate(run: Run, split: str, epoch: int = 0) -> dict:
     """Accuracy of the classifier alone (its EMA under --model-ema) against the split's
-    given and clean labels."""
+    given and clean labels; on the validation split also the clean accuracy estimated from
+    the given labels alone (train/clean_estimate.py)."""
     if split not in run.loaders:
         return {}
     run.model.eval()
     classifier = run.ema.module if run.ema is not None else run.accelerator.unwrap_model(run.model).classifier
     meter = Meter(run.accelerator.device)
     first_skip = len(run.skipped)
+    probs, given = [], []                      # val only: (N, K) softmax and (N,) given labels
     for batch in run.loaders[split](epoch):
         stop_if_asked()
         run.note_skips(batch.skipped, epoch)
         if len(batch):
             b = run.device_batch(batch)
             with run.accelerator.autocast():
-                meter.update(classifier(b.images), b.labels, b.clean)
+                logits = classifier(b.images)
+            meter.update(logits, b.labels, b.clean)
+            if split == "val":
+                probs.append(logits.float().softmax(1).cpu())
+                given.append(b.labels.cpu())
     res = meter.result(run.accelerator.reduce)
     check_skips(run, split, epoch, res["n"], first_skip)
-    return {f"{split}_acc": res["acc"], f"{split}_acc_clean": res["acc_clean"], f"{split}_loss": res["ce"]}
+    row = {f"{split}_acc": res["acc"], f"{split}_acc_clean": res["acc_clean"], f"{split}_loss": res["ce"]}
+    if probs:
+        parts = gather_object([(torch.cat(probs).numpy(), torch.cat(given).numpy())])   # every rank's share
+        est = clean_estimate.estimate(np.concatenate([p for p, _ in parts]), np.concatenate([g for _, g in parts]))
+        row.update({"val_acc_clean_est": est["acc_clean_est"], "val_transition_condition": est["transition_condition"]})
+    return row
 
 
 def fit(run: Run, start_epoch: int = 0, resume: dict | None = None) -> dict:
@@ -181,8 +196,15 @@ def fit(run: Run, start_epoch: int = 0, resume: dict | None = None) -> dict:
     t_start = time.perf_counter()
     row, early = {}, False
     for epoch in range(start_epoch, cfg.epochs):
-        if not (resume and epoch == start_epoch):      # a mid-epoch resume keeps the epoch's count
+        mid_epoch = bool(resume) and epoch == start_epoch
+        if not mid_epoch:                              # a mid-epoch resume keeps the epoch's count
             run.n_skipped = 0                          # per epoch: val/test skips are not recounted
+        if run.init:                                   # ---- +init: the CE phase, then the switch ----
+            if epoch == run.init.end and not mid_epoch:
+                acc.wait_for_everyone()                # the main process wrote checkpoints/best
+                acc.print(init_phase.switch(acc.unwrap_model(run.model), run.optimizer, run.ema, run.out,
+                                            run.init.target))
+            run.objective = init_phase.ce_objective if run.init.active(epoch) else run.method_objective
         row = {"epoch": epoch, **train_epoch(run, epoch, resume if epoch == start_epoch else None),
                **evaluate(run, "val", epoch), **evaluate(run, "test", epoch)}
         row["samples_skipped"] = int(acc.reduce(torch.tensor(run.n_skipped, device=acc.device), "sum"))
@@ -195,10 +217,14 @@ def fit(run: Run, start_epoch: int = 0, resume: dict | None = None) -> dict:
         score = row.get("val_acc") if row.get("val_acc") is not None else row["train_acc"]
         improved = score > run.best["score"]
         if improved:
-            run.best = {"score": score, "val_acc": row.get("val_acc"), "epoch": epoch, "test_acc": row.get("test_acc")}
+            run.best = {"score": score, "val_acc": row.get("val_acc"), "epoch": epoch, "test_acc": row.get("test_acc"),
+                        "val_acc_clean_est": row.get("val_acc_clean_est")}
+        if run.init and run.init.decide(epoch, run.best.get("epoch")):
+            acc.print(f"+init: the CE phase ends after epoch {epoch} (best noisy validation at epoch "
+                      f"{run.best.get('epoch')}); {cfg.method} from epoch {run.init.end}")
         # ---- log, then save: a kill in between only repeats this epoch's log line ----
         if acc.is_main_process:
-            with open(run.out / "metrics.jsonl", "a") as f:
+            with safe_io.open_append(run.out / "metrics.jsonl") as f:   # never through a planted link
                 f.write(json.dumps(row) + "\n")
             write_skips(run, epoch)
             acc.print(_line(row))
@@ -207,11 +233,13 @@ def fit(run: Run, start_epoch: int = 0, resume: dict | None = None) -> dict:
         if improved:
             run.save("best", meta)
         acc.log(row, step=epoch)
-        if cfg.patience and epoch - run.best.get("epoch", epoch) >= cfg.patience:
+        since = max(run.best.get("epoch", epoch), (run.init.end or 0) - 1 if run.init else -1)
+        if cfg.patience and epoch - since >= cfg.patience and not (run.init and run.init.active(epoch + 1)):
             acc.print(f"early stop: no validation gain in {cfg.patience} epochs")
             early = True
             break
     return {"best_val_acc": run.best.get("val_acc"), "best_epoch": run.best.get("epoch"),
+            "best_val_acc_clean_est": run.best.get("val_acc_clean_est"),
             "test_acc": run.best.get("test_acc"), "test_acc_last": row.get("test_acc"),
             "train_acc_last": row.get("train_acc"),
             "epochs": row.get("epoch", -1) + 1, "early_stopped": early, "samples_skipped": row.get("samples_skipped", run.n_skipped),
@@ -255,7 +283,7 @@ def check_skips(run: Run, split: str, epoch: int, seen: int, first: int) -> None
 
 
 def write_skips(run: Run, epoch: int) -> None:
-    with open(run.out / "skipped.jsonl", "a") as f:
+    with safe_io.open_append(run.out / "skipped.jsonl") as f:
         for shard, key, reason, e in run.skipped:
             f.write(json.dumps({"shard": shard, "key": key, "reason": reason, "epoch": e}) + "\n")
     run.skipped.clear()
@@ -264,5 +292,5 @@ def write_skips(run: Run, epoch: int) -> None:
 def _line(row: dict) -> str:
     f = lambda k: f"{row[k]:.4f}" if row.get(k) is not None else "-"  # noqa: E731
     return (f"epoch {row['epoch']}: loss {f('train_loss')} train_acc {f('train_acc')} "
-            f"flipped {f('train_acc_flipped')} val {f('val_acc')} test {f('test_acc')} "
+            f"flipped {f('train_acc_flipped')} val {f('val_acc')} (clean est {f('val_acc_clean_est')}) test {f('test_acc')} "
             f"{row['images_per_s']:.0f} img/s wait {row['data_wait_frac']:.2f}")

@@ -15,6 +15,8 @@ define what is optimized; this module decides how long and with what settings.""
 LIMIT_RECIPE = {"batch_size": 64, "model_ema": True, "beta": 5.0}
 LIMIT_PREDICTOR = {"mnist_cnn": "mnist_cnn_bn"}          # classifier -> predictor backbone
 LIMIT_AUGMENT = "pad:2"
+LIMIT_INIT_MAX = 15
+LIMIT_INIT_TARGET = "both"
 
 
 def apply_recipe(cfg, card: dict, given: set) -> dict:
@@ -25,7 +27,14 @@ def apply_recipe(cfg, card: dict, given: set) -> dict:
     if cfg.recipe != "auto" or cfg.method != "limit":
         return {}
     want = dict(LIMIT_RECIPE)
-    predictor_from_ce = cfg.init_from and cfg.init_target in ("predictor", "both")   # needs the classifier's backbone
+    if "init_epochs" not in given and not cfg.init_from and cfg.predictor == "network":
+        want["init_epochs"] = init_epochs(cfg.epochs)
+        if want["init_epochs"]:
+            want["init_target"] = LIMIT_INIT_TARGET
+    init_epochs_now = cfg.init_epochs if "init_epochs" in given else want.get("init_epochs", cfg.init_epochs)
+    init_target = cfg.init_target if "init_target" in given else want.get("init_target", cfg.init_target)
+    # a predictor started from the CE model needs the classifier's backbone
+    predictor_from_ce = (cfg.init_from or init_epochs_now) and init_target in ("predictor", "both")
     if cfg.predictor == "network" and cfg.model in LIMIT_PREDICTOR and not predictor_from_ce:
         want["predictor_model"] = LIMIT_PREDICTOR[cfg.model]
     if card.get("augment", {}).get("crop", "none") == "none":
@@ -36,3 +45,10 @@ def apply_recipe(cfg, card: dict, given: set) -> dict:
             changed[key] = (getattr(cfg, key), value)
             setattr(cfg, key, value)
     return changed
+
+
+def init_epochs(epochs: int) -> int:
+    """The CE phase's longest length under the recipe: a quarter of the budget, at most
+    LIMIT_INIT_MAX epochs (its real length is set by --init-patience on noisy validation);
+    0 for runs too short to hold one (fewer than 4 epochs)."""
+    return min(LIMIT_INIT_MAX, epochs // 4)

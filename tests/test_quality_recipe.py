@@ -1,0 +1,162 @@
+"""Issue 26's new logic: the in-run +init phase (its rule, its switch, its resume), the
+clean-accuracy estimate from noisy labels, and the machine second round's decisions."""
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from tests.shardkit import make_digit_shards
+from train import config
+from train.clean_estimate import clean_accuracy, estimate
+from train.init_phase import InitPhase, ce_objective
+from train.limit import cli
+from train.recipe import apply_recipe, init_epochs
+from tools.review.second_round import decide, report
+
+
+# ---- the CE phase's rule ----
+def test_phase_ends_when_noisy_validation_stalls_for_patience_epochs():
+    ph = InitPhase(max_epochs=10, patience=2, target="both")
+    best = {0: 0, 1: 1, 2: 2, 3: 2, 4: 2}           # epoch -> best epoch so far
+    ended = [e for e in range(5) if ph.decide(e, best[e])]
+    assert ended == [4] and ph.end == 5             # epochs 3 and 4 without a gain: LIMIT from 5
+    assert ph.active(4) and not ph.active(5)
+
+
+def test_phase_ends_at_its_longest_length():
+    ph = InitPhase(max_epochs=3, patience=5, target="predictor")
+    assert [e for e in range(6) if ph.decide(e, e)] == [2] and ph.end == 3
+
+
+def test_phase_end_from_a_checkpoint_is_checked():
+    ph = InitPhase(max_epochs=3, patience=1, target="both")
+    ph.load({"end": 2})
+    assert ph.end == 2
+    for bad in ({"end": 9}, {"end": "2"}, {"end": 0}):
+        with pytest.raises(ValueError):
+            InitPhase(3, 1, "both").load(bad)
+
+
+def test_ce_objective_is_cross_entropy_and_touches_the_predictor():
+    from models.limit import Outputs
+    a = torch.randn(4, 3, requires_grad=True)
+    r = torch.randn(4, 3, requires_grad=True)
+    y = torch.tensor([0, 1, 2, 1])
+    loss, _ = ce_objective(Outputs(a, r), y)
+    loss.backward()
+    assert torch.allclose(loss, torch.nn.functional.cross_entropy(a, y))
+    assert r.grad is not None and torch.count_nonzero(r.grad) == 0      # in the graph, zero gradient
+
+
+def test_recipe_sets_a_quarter_of_the_budget_and_the_classifier_backbone_for_the_predictor():
+    assert [init_epochs(e) for e in (3, 4, 30, 60, 200)] == [0, 1, 7, 15, 15]
+    argv = ["--data", "x", "--method", "limit", "--model", "mnist_cnn", "--epochs", "60"]
+    cfg = config.parse(argv)
+    changed = apply_recipe(cfg, {"augment": {"crop": "none"}}, config.given(argv))
+    assert cfg.init_epochs == 15 and "predictor_model" not in changed   # the CE model starts the predictor
+    argv2 = argv + ["--init-epochs", "0"]
+    cfg2 = config.parse(argv2)
+    apply_recipe(cfg2, {"augment": {"crop": "none"}}, config.given(argv2))
+    assert cfg2.init_epochs == 0 and cfg2.predictor_model == "mnist_cnn_bn"
+
+
+def test_init_epochs_flags_are_checked():
+    for argv, words in ((["--method", "ce", "--init-epochs", "2"], "needs --method limit"),
+                        (["--method", "limit", "--init-epochs", "10", "--epochs", "10"], "leaves no LIMIT epoch"),
+                        (["--method", "limit", "--init-epochs", "2", "--init-from", "r"], "pass one of them")):
+        with pytest.raises(config.ConfigError, match=words):
+            config.parse(["--data", "x", *argv])
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory):
+    return make_digit_shards(tmp_path_factory.mktemp("initphase"), n_train=300, n_test=100, shard_size=100)
+
+
+def test_a_run_switches_from_ce_to_limit_at_the_decided_epoch(shards, tmp_path, capsys):
+    out = tmp_path / "run"
+    argv = ["--data", str(shards), "--model", "mnist_cnn", "--method", "limit", "--noise", "uniform:0.5",
+            "--epochs", "3", "--init-epochs", "2", "--init-target", "both", "--batch-size", "50",
+            "--workers", "1", "--out", str(out)]
+    assert cli(argv) == 0
+    log = capsys.readouterr().out
+    assert "the CE phase ends after epoch 1" in log and "+init: classifier, predictor from" in log
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert "train_predictor_loss" not in rows[0] and "train_predictor_loss" in rows[2]   # CE, then LIMIT
+    meta = json.loads((out / "checkpoints" / "last" / "meta.json").read_text())
+    assert meta["init_phase"] == {"end": 2}
+    final = json.loads((out / "final.json").read_text())
+    assert "best_val_acc_clean_est" in final and "val_acc_clean_est" in rows[-1]
+
+
+# ---- the clean-accuracy estimate ----
+def noisy(clean: np.ndarray, t: np.ndarray, rng) -> np.ndarray:
+    cum = t.cumsum(1)[clean]
+    return (rng.random(len(clean))[:, None] > cum).sum(1)
+
+
+def test_inverting_the_transition_recovers_the_clean_accuracy():
+    """A predictor 80% right on clean labels, uniform noise 0.6 on 10 classes: the noisy
+    accuracy is ~0.36, the estimate from the true T is 0.80 within sampling error."""
+    rng = np.random.default_rng(0)
+    k, n, p = 10, 200_000, 0.6
+    t = np.full((k, k), p / (k - 1))
+    np.fill_diagonal(t, 1 - p)
+    clean = rng.integers(0, k, n)
+    pred = np.where(rng.random(n) < 0.8, clean, rng.integers(0, k, n))
+    given = noisy(clean, t, rng)
+    acc = (pred == clean).mean()
+    assert abs((pred == given).mean() - acc) > 0.3
+    est, cond = clean_accuracy(pred, given, t)
+    assert abs(est - acc) < 0.01 and cond < 10
+
+
+def test_a_singular_transition_gives_no_estimate():
+    t = np.full((4, 4), 0.25)                        # noise (K-1)/K: labels carry nothing
+    est, cond = clean_accuracy(np.zeros(10, int), np.zeros(10, int), t)
+    assert est is None and cond > 100
+
+
+def test_estimate_from_calibrated_probabilities():
+    """Probabilities that are the noisy posterior (the anchors' rows are T's rows): the estimate
+    is within 0.02 of the clean accuracy."""
+    rng = np.random.default_rng(1)
+    k, n, p = 5, 100_000, 0.4
+    t = np.full((k, k), p / (k - 1))
+    np.fill_diagonal(t, 1 - p)
+    clean = rng.integers(0, k, n)
+    sure = rng.random(n) < 0.9                       # 90% of images are recognisable
+    believed = np.where(sure, clean, rng.integers(0, k, n))
+    probs = t[believed]                              # P(given | x) for the believed class
+    probs = probs + rng.random(probs.shape) * 1e-3   # ties broken
+    probs /= probs.sum(1, keepdims=True)
+    given = noisy(clean, t, rng)
+    res = estimate(probs, given)
+    assert abs(res["acc_clean_est"] - (probs.argmax(1) == clean).mean()) < 0.02
+
+
+# ---- the second round ----
+def test_second_round_relabels_agreement_drops_doubt_keeps_the_rest():
+    label = np.array([0, 0, 1, 2, 2])
+    clf = np.array([0, 1, 1, 1, 0])
+    pred = np.array([0, 1, 1, 0, 1])
+    score = np.array([0.1, 1.9, 0.2, 1.9, 1.7])
+    d = decide(label, clf, pred, score, 1.6)
+    assert d.relabel.tolist() == [False, True, False, False, False]      # both say 1, score high
+    assert d.drop.tolist() == [False, False, False, True, True]          # the predictor disagrees, no consensus
+    assert d.new_label.tolist() == [-1, 1, -1, -1, -1]
+    low = decide(label, clf, pred, np.full(5, 1.0), 1.6)
+    assert not low.relabel.any() and low.drop.tolist() == [False, True, False, True, True]
+    assert not decide(label, clf, pred, score, 1.6, drop=False).drop.any()
+    ce = decide(label, clf, np.full(5, -1), score, 1.6)                 # no predictor: the classifier judges
+    assert ce.relabel.tolist() == [False, True, False, True, True]
+
+
+def test_second_round_report_measures_against_clean_labels():
+    cols = {"label": np.array([0, 1, 1, 2]), "clean_label": np.array([0, 0, 1, 1])}
+    d = decide(cols["label"], np.array([0, 0, 1, 1]), np.array([0, 0, 1, 0]), np.full(4, 2.0), 1.6)
+    rep = report(cols, d)
+    assert rep["relabel"] == 1 and rep["relabel_precision"] == 1.0 and rep["drop"] == 1
+    assert rep["wrong_before"] == 0.5 and rep["wrong_after"] == 0.0

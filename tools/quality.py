@@ -1,0 +1,224 @@
+"""The quality matrix (issue 26): dataset x noise x method cells, one resumable command.
+
+    python tools/quality.py --shards mnist=shards,fmnist=/data/fmnist-shards [--datasets fmnist]
+        [--noise uniform:0.6] [--methods ce,ce_clean,limit,limit_r2,ce_r2] [--seeds 0]
+        [--runs runs/quality] [--csv results/quality.csv]
+    python tools/quality.py --table            # the CSV as Markdown: CE, the clean ceiling, damage recovered
+    python tools/quality.py --figure docs/quality.png
+
+Every cell trains with the flags a user would type (train/limit.py's defaults and LIMIT's
+recipe do the rest), so what is measured is the default. Methods:
+  ce        cross-entropy, the same augmentation LIMIT's recipe gives the dataset, early stopping
+            on the noisy validation split (--patience 15): the baseline's best honest settings;
+  ce_clean  the same on the clean labels (--noise none): the ceiling, once per dataset and n;
+  limit     --method limit and nothing else;
+  limit_r2, ce_r2   the machine's second round: rank_labels on the limit cell, then
+            tools/second_round.py's fixes, then LIMIT (or CE) again with --label-fixes.
+One CSV row per finished cell; cells already there are skipped, so the matrix can be stopped
+and resumed (a killed cell continues from its checkpoint)."""
+import argparse
+import csv
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from train.limit import cli as train_cli
+from train.runfolder import resume_args
+
+COLUMNS = ["dataset", "noise", "n", "method", "seed", "epochs", "best_epoch", "best_val_acc", "val_acc_clean_est",
+           "test_acc", "test_acc_last", "auc", "relabel_precision", "wall_s", "images"]
+# dataset -> (train flags, n, epochs, noise levels). Fashion-MNIST's pairs are the confusions
+# people make (T-shirt/top>Shirt, Pullover>Coat, Sandal>Sneaker, Ankle boot>Sneaker); MNIST's
+# are Patrini et al.'s (2>7, 3>8, 5<>6, 7>1). The synthetic Clothing1M source carries its own
+# class-dependent noise (--noise none keeps the given labels), N = 30,000 and 30 epochs: the
+# paper's Clothing1M budget.
+NOISES = ("uniform:0.4", "uniform:0.6", "uniform:0.8", "pair:0.4")
+DATASETS = {
+    "mnist": (["--model", "mnist_cnn", "--noise-pairs", "2>7,3>8,5>6,6>5,7>1"], 10000, 60, NOISES),
+    "fmnist": (["--model", "mnist_cnn", "--noise-pairs", "0>6,2>4,5>7,9>7"], 10000, 60, NOISES),
+    "clothing": (["--model", "resnet18", "--image-size", "64"], 30000, 30, ("none",)),
+}
+DIGIT_AUGMENT = ["--augment", "pad:2"]          # LIMIT's recipe on cards without a train crop
+METHODS = ("ce", "ce_clean", "limit", "limit_r2", "ce_r2")
+
+
+def cell_name(dataset, noise, n, method, seed) -> str:
+    return f"{dataset}-{noise.replace(':', '')}-n{n}-{method}-s{seed}"
+
+
+def train_args(dataset: str, noise: str, n: int, method: str, seed: int, shards: str, run: Path,
+               fixes: Path | None) -> list[str]:
+    flags, _, epochs, _ = DATASETS[dataset]
+    args = ["--data", shards, *flags, "--max-train-samples", str(n), "--epochs", str(epochs), "--seed", str(seed),
+            "--noise-seed", str(seed), "--noise", "none" if method == "ce_clean" else noise,
+            "--workers", "1", "--cache-eval", "--out", str(run)]
+    if method.startswith("ce"):
+        args += ["--method", "ce", "--patience", "15"] + (DIGIT_AUGMENT if dataset != "clothing" else [])
+    else:
+        args += ["--method", "limit"]
+    return args + (["--label-fixes", str(fixes)] if fixes else [])
+
+
+def rank(run: Path) -> dict:
+    """rank_labels on the run's train split; its summary.json."""
+    from tools.rank_labels import cli as rank_cli
+    labels = run / "labels"
+    if not (labels / "summary.json").is_file() and rank_cli(["--run", str(run), "--out", str(labels)]) != 0:
+        raise SystemExit(f"quality: rank_labels on {run} failed")
+    return json.loads((labels / "summary.json").read_text())
+
+
+def second_round_fixes(limit_run: Path) -> tuple[Path, dict]:
+    from tools.second_round import cli as fixes_cli
+    rank(limit_run)
+    fixes = limit_run / "second_round.csv"
+    if not fixes.is_file() and fixes_cli([str(limit_run / "labels"), "--out", str(fixes)]) != 0:
+        raise SystemExit(f"quality: second_round on {limit_run} failed")
+    return fixes, json.loads(fixes.with_suffix(".json").read_text())
+
+
+def run_cell(dataset, noise, n, method, seed, shards, runs: Path) -> dict:
+    run = runs / cell_name(dataset, noise, n, method, seed)
+    fixes, fix_report = None, {}
+    if method.endswith("_r2"):
+        limit_run = runs / cell_name(dataset, noise, n, "limit", seed)
+        if not (limit_run / "final.json").is_file():
+            raise SystemExit(f"quality: {method} needs the limit cell {limit_run.name} first")
+        fixes, fix_report = second_round_fixes(limit_run)
+    t0 = time.time()
+    if train_cli(train_args(dataset, noise, n, method, seed, shards, run, fixes) + resume_args(run)) != 0:
+        raise SystemExit(f"quality: {run.name} failed")
+    final = json.loads((run / "final.json").read_text())
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    auc = rank(run).get("roc_auc") if noise != "none" or dataset == "clothing" else None
+    return {"dataset": dataset, "noise": noise, "n": n, "method": method, "seed": seed, "epochs": final["epochs"],
+            "best_epoch": final["best_epoch"], "best_val_acc": final["best_val_acc"],
+            "val_acc_clean_est": final.get("best_val_acc_clean_est"), "test_acc": final["test_acc"],
+            "test_acc_last": final["test_acc_last"], "auc": auc,
+            "relabel_precision": fix_report.get("relabel_precision"), "wall_s": round(time.time() - t0, 1),
+            "images": sum(r.get("samples_seen", 0) for r in rows)}
+
+
+def done(path: Path) -> set:
+    if not path.is_file():
+        return set()
+    with open(path) as f:
+        return {(r["dataset"], r["noise"], int(r["n"]), r["method"], int(r["seed"])) for r in csv.DictReader(f)}
+
+
+def append(path: Path, row: dict) -> None:
+    new = not path.exists()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a", newline="") as f:
+        w = csv.DictWriter(f, COLUMNS)
+        if new:
+            w.writeheader()
+        w.writerow(row)
+
+
+# ---- the table ----
+def read(path: Path) -> dict:
+    """(dataset, noise, method) -> {seed: row}."""
+    cells: dict = {}
+    with open(path) as f:
+        for r in csv.DictReader(f):
+            cells.setdefault((r["dataset"], r["noise"], r["method"]), {})[int(r["seed"])] = r
+    return cells
+
+
+def mean(rows: dict, key: str) -> float | None:
+    v = [float(r[key]) for r in rows.values() if r.get(key) not in ("", "None", None)]
+    return float(np.mean(v)) if v else None
+
+
+def table(path: Path) -> str:
+    """One line per (dataset, noise, method): test accuracy at the best noisy-validation epoch
+    (mean over seeds), CE's and the clean ceiling's beside it, damage recovered =
+    (method - CE) / (ceiling - CE), the clean-accuracy estimate's error, AUC, cost vs CE."""
+    cells = read(path)
+    fmt = lambda v, d=4: "-" if v is None else f"{v:.{d}f}"  # noqa: E731
+    lines = ["| dataset | noise | method | seeds | test at best val | CE | clean ceiling | damage recovered | "
+             "clean est - test | AUC | relabel precision | wall vs CE | images vs CE |", "|" + "---|" * 13]
+    for (ds, noise, method), rows in sorted(cells.items(), key=lambda kv: (kv[0][0], kv[0][1], METHODS.index(kv[0][2]))):
+        ce = cells.get((ds, noise, "ce"), {})
+        ceiling = next((v for (d, _, m), v in cells.items() if d == ds and m == "ce_clean"), {})
+        acc, ce_acc, top = mean(rows, "test_acc"), mean(ce, "test_acc"), mean(ceiling, "test_acc")
+        rec = (acc - ce_acc) / (top - ce_acc) if None not in (acc, ce_acc, top) and top > ce_acc and method != "ce_clean" else None
+        est = [float(r["val_acc_clean_est"]) - float(r["test_acc"]) for r in rows.values()
+               if r.get("val_acc_clean_est") not in ("", "None", None)]
+        cost = lambda k: fmt(mean(rows, k) / mean(ce, k), 2) if mean(ce, k) else "-"  # noqa: E731
+        lines.append(f"| {ds} | {noise} | {method} | {len(rows)} | **{fmt(acc)}** | {fmt(ce_acc)} | {fmt(top)} | "
+                     f"{fmt(rec, 2)} | {fmt(float(np.mean(est)) if est else None, 3)} | {fmt(mean(rows, 'auc'))} | "
+                     f"{fmt(mean(rows, 'relabel_precision'), 3)} | {cost('wall_s')} | {cost('images')} |")
+    return "\n".join(lines)
+
+
+def figure(path: Path, out: Path) -> None:
+    """Test accuracy per (dataset, noise) cell, one bar per method, the ceiling as a line."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    cells = read(path)
+    groups = sorted({(d, n) for d, n, _ in cells})
+    fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(groups)), 4))
+    width = 0.8 / len(METHODS)
+    for i, m in enumerate(METHODS):
+        ys = [mean(cells.get((d, n, m), {}), "test_acc") or 0 for d, n in groups]
+        ax.bar(np.arange(len(groups)) + i * width, ys, width, label=m)
+    ax.set_xticks(np.arange(len(groups)) + 0.4 - width / 2, [f"{d}\n{n}" for d, n in groups], fontsize=8)
+    ax.set_ylim(0.5, 1.0)
+    ax.set_ylabel("test accuracy at the best noisy-validation epoch")
+    ax.legend(fontsize=7, ncol=len(METHODS))
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--shards", default="", help="dataset=FOLDER,... (each a make_shards output folder with its card)")
+    ap.add_argument("--datasets", default="mnist,fmnist,clothing")
+    ap.add_argument("--noise", default="", help="comma-separated noise specs (default: the dataset's own list)")
+    ap.add_argument("--methods", default=",".join(METHODS))
+    ap.add_argument("--seeds", default="0")
+    ap.add_argument("--runs", type=Path, default=Path("runs/quality"))
+    ap.add_argument("--csv", type=Path, default=Path("results/quality.csv"))
+    ap.add_argument("--table", action="store_true", help="print the CSV as Markdown and exit")
+    ap.add_argument("--figure", type=Path, help="draw the CSV's cells into this PNG and exit")
+    args = ap.parse_args(argv)
+    if args.table or args.figure:
+        if not args.csv.is_file():
+            ap.error(f"no results at {args.csv}")
+        if args.figure:
+            figure(args.csv, args.figure)
+        else:
+            print(table(args.csv))
+        return 0
+    shards = dict(item.split("=", 1) for item in args.shards.split(",") if "=" in item)
+    methods = args.methods.split(",")
+    if set(methods) - set(METHODS) or set(args.datasets.split(",")) - set(DATASETS):
+        ap.error(f"methods from {METHODS}, datasets from {sorted(DATASETS)}")
+    finished = done(args.csv)
+    for seed in map(int, args.seeds.split(",")):
+        for ds in args.datasets.split(","):
+            if ds not in shards:
+                print(f"quality: no --shards for {ds}; skipped", file=sys.stderr)
+                continue
+            _, n, _, noises = DATASETS[ds]
+            for noise in (args.noise.split(",") if args.noise else noises):
+                for method in methods:
+                    key = (ds, noise, n, method, seed)
+                    ceiling_done = method == "ce_clean" and any(k[0] == ds and k[3] == "ce_clean" for k in finished)
+                    if key in finished or ceiling_done:
+                        continue
+                    row = run_cell(ds, noise, n, method, seed, shards[ds], args.runs)
+                    append(args.csv, row)
+                    finished.add(key)
+                    print(f"quality: {row}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,79 @@
+"""+init inside one run (--init-epochs): the paper's best photo results (CIFAR-10, Clothing1M)
+start LIMIT from a cross-entropy model, so a LIMIT run can begin with a short CE phase.
+
+    epochs [0, end)        the classifier learns with cross-entropy on the given labels
+    at the start of `end`  the phase's best noisy-validation weights (checkpoints/best) are
+                           loaded into --init-target, the optimizer's moments and the EMA restart
+    epochs [end, --epochs) LIMIT
+
+`end` is decided from noisy data alone: the first epoch after which noisy validation accuracy
+has not improved for --init-patience epochs, or --init-epochs, whichever comes first
+(docs/architecture.md section 2). CE's best noisy-validation epoch is early when labels are
+very noisy (MNIST p=0.8: epoch 0-2) and later when they are less so, so a fixed length would
+either stop CE before its best or let it memorize. `end` is saved in every checkpoint's meta,
+so a resumed run switches at the same epoch; the switch itself runs at the start of epoch `end`
+(fresh or resumed alike), never inside an epoch."""
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from models.backbones import load_classifier_weights
+from models.limit import Outputs
+from train import checkpoint
+
+
+@dataclass
+class InitPhase:
+    max_epochs: int                 # --init-epochs: the phase's longest length (0: no phase)
+    patience: int                   # --init-patience
+    target: str                     # --init-target: predictor | classifier | both
+    end: int | None = None          # the first LIMIT epoch, once decided
+
+    def active(self, epoch: int) -> bool:
+        """Does `epoch` train with cross-entropy?"""
+        return self.max_epochs > 0 and (self.end is None or epoch < self.end)
+
+    def decide(self, epoch: int, best_epoch: int | None) -> bool:
+        """After CE epoch `epoch` is evaluated: end the phase here? Sets `end` when it does."""
+        if not self.active(epoch) or self.end is not None:
+            return False
+        stale = best_epoch is not None and epoch - best_epoch >= self.patience
+        if stale or epoch + 1 >= self.max_epochs:
+            self.end = epoch + 1
+            return True
+        return False
+
+    def state(self) -> dict:
+        return {"end": self.end}
+
+    def load(self, state) -> None:
+        end = (state or {}).get("end")
+        if end is not None and not (isinstance(end, int) and 0 < end <= self.max_epochs):
+            raise checkpoint.CheckpointError(f"meta.json: init_phase end {end!r} is not an epoch in 1..{self.max_epochs}")
+        self.end = end
+
+
+def ce_objective(out: Outputs, labels):
+    """Cross-entropy on the classifier. The predictor's logits enter with weight 0 so that every
+    parameter takes part in the backward (DDP's all-reduce expects each one every step); with
+    zero gradients Adam leaves the predictor where it is."""
+    loss = F.cross_entropy(out.logits.float(), labels)
+    if out.aux is not None:
+        loss = loss + 0.0 * out.aux.float().sum()
+    return loss, {}
+
+
+def switch(model, optimizer, ema, out_dir, target: str) -> str:
+    """Start LIMIT from the CE phase's best checkpoint: its selected classifier (the EMA's when
+    kept) goes into `target`; the optimizer's moments (fitted to CE's gradients) and the EMA
+    restart. `model` is the unwrapped FusedNet. Returns what was loaded, for the log."""
+    src = checkpoint.classifier_file(checkpoint.locate(out_dir / "checkpoints" / "best"))
+    names = {"predictor": ["predictor"], "classifier": ["classifier"], "both": ["classifier", "predictor"]}[target]
+    with torch.no_grad():
+        for name in names:
+            load_classifier_weights(getattr(model, name), src)
+        if ema is not None:
+            ema.module.load_state_dict(model.classifier.state_dict())
+    optimizer.state.clear()
+    return f"+init: {', '.join(names)} from {src}"
