@@ -19,6 +19,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from models.backbones import ModelError  # noqa: E402
 from pipeline.shards import DataError, Part, TRUST_FLAG  # noqa: E402
+from tools.review import exports  # noqa: E402
 from tools.review.ranking import build_loader, gather, load_model, load_run, report, score_split  # noqa: E402
 from train import checkpoint, config  # noqa: E402
 from train.objectives import REGISTRY  # noqa: E402
@@ -37,6 +38,10 @@ def parse_args(argv):
     p.add_argument("--batch-size", type=int, default=0, help="default: the run's")
     p.add_argument("--workers", type=int, default=None, help="decode workers (default: the run's)")
     p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--cleanlab", action="store_true",
+                   help="also write OUT/cleanlab/pred_probs.npy, labels.npy, index.npy (cleanlab's inputs)")
+    p.add_argument("--fiftyone", type=int, default=0, metavar="N",
+                   help="also write the N most suspicious samples as a FiftyOne image classification dataset")
     p.add_argument(TRUST_FLAG, dest="trust_urls", action="store_true",
                    help="let the run's config.json and the dataset card name pipe: or remote shard URLs "
                         "(pipe: runs a shell command: only for runs you made)")
@@ -50,15 +55,21 @@ def main(argv=None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     acc = Accelerator()
+    if args.fiftyone < 0:
+        raise config.ConfigError(f"--fiftyone must be >= 0, got {args.fiftyone}")
+    if (args.cleanlab or args.fiftyone) and acc.num_processes > 1:
+        raise DataError("--cleanlab and --fiftyone run in one process (the probabilities are not gathered)")
+    sink = exports.ProbSink() if args.cleanlab or args.fiftyone else None
     ds, aug, ld, total = build_loader(cfg, args, Part(acc.process_index, acc.num_processes))
     model = load_model(cfg, ckpt, len(ds.classes), aug.channels).to(acc.device)
     norm = (tuple(ds.card["normalize"]["mean"]), tuple(ds.card["normalize"]["std"]))
     mine = total if acc.num_processes == 1 else None      # this rank's share is not known
-    s, skipped = score_split(model, ld, norm, acc.device, cfg, mine, acc.is_main_process)
+    s, skipped = score_split(model, ld, norm, acc.device, cfg, mine, acc.is_main_process, sink)
     s = gather(acc, s, out)
     if s is None:
         return 0
-    report(s, ds, out, args, {"method": REGISTRY[cfg.method].score.describe(cfg), "checkpoint": str(ckpt), "split": args.split,
+    said = exports.export(s, sink, ds, out, args.cleanlab, args.fiftyone) if sink is not None else {}
+    report(s, ds, out, args, {**said, "method": REGISTRY[cfg.method].score.describe(cfg), "checkpoint": str(ckpt), "split": args.split,
                               "n_skipped": skipped, "device": str(acc.device)})
     return 0
 

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from pipeline import loader as data
 from pipeline.batch import to_device
+from pipeline.progress import bar as progress_bar
 from pipeline.cpu import ReadSpec
 from pipeline.shards import DataError, Part, check_file_url
 from tools.review.detection import detection_summary
@@ -92,11 +92,13 @@ def load_model(cfg, ckpt: Path, n_classes: int, in_chans: int):
 
 
 @torch.no_grad()
-def score_split(model, ld, norm, device, cfg, total, show: bool) -> tuple[Scores, int]:
+def score_split(model, ld, norm, device, cfg, total, show: bool, sink=None) -> tuple[Scores, int]:
+    """`sink` (tools.review.exports.ProbSink, for --cleanlab/--fiftyone) also gets the scoring
+    network's logits of every batch."""
     col, skipped, score = Collector(total or 0), 0, REGISTRY[cfg.method].score
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    bar = tqdm(total=total, desc="scoring", unit="img", disable=not show)
+    bar = progress_bar(total=total, desc="scoring", unit="img", disable=not show)   # lines off a terminal
     for batch in ld(0):
         skipped += len(batch.skipped)
         bar.update(len(batch))
@@ -106,6 +108,8 @@ def score_split(model, ld, norm, device, cfg, total, show: bool) -> tuple[Scores
         out = model(b.images)
         col.add(index=batch.index, label=batch.labels, clean=batch.clean,
                 **score_outputs(out, b.labels, score.net, score.norm_for(cfg)))
+        if sink is not None:
+            sink.add(batch.index, out.aux if score.net == "predictor" else out.logits)
     bar.close()
     return col.result(), skipped
 

@@ -36,16 +36,21 @@ def table(p: Predictions, classes: list[str], ids: dict[str, pa.Array]) -> pa.Ta
 
 def shard_ids(p: Predictions, manifest: Path) -> dict[str, pa.Array]:
     """key and shard of each predicted sample, from the manifest beside the card (by index)."""
+    return manifest_ids(p.index, manifest)
+
+
+def manifest_ids(index: np.ndarray, manifest: Path) -> dict[str, pa.Array]:
+    """{"key", "shard"} of the samples at global `index`, in that order, from a manifest."""
     if not manifest.is_file():
         raise DataError(f"manifest not found: {manifest} (written beside the card by make_shards)")
     m = pq.read_table(manifest, columns=["key", "index", "shard"])
-    index = m.column("index").to_numpy()
-    row_of = np.full(int(max(index.max(initial=-1), p.index.max(initial=-1))) + 1, -1, dtype=np.int64)
-    row_of[index] = np.arange(len(index))
-    rows = row_of[p.index]
+    known = m.column("index").to_numpy()
+    row_of = np.full(int(max(known.max(initial=-1), index.max(initial=-1))) + 1, -1, dtype=np.int64)
+    row_of[known] = np.arange(len(known))
+    rows = row_of[index]
     if (rows < 0).any():
-        raise DataError(f"manifest {manifest} lacks {int((rows < 0).sum())} of the predicted samples "
-                        f"(index {int(p.index[rows < 0][0])}, ...)")
+        raise DataError(f"manifest {manifest} lacks {int((rows < 0).sum())} of the samples "
+                        f"(index {int(index[rows < 0][0])}, ...)")
     return {"key": m.column("key").take(pa.array(rows)), "shard": m.column("shard").take(pa.array(rows))}
 
 
