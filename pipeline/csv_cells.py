@@ -6,7 +6,7 @@ a spreadsheet. A text cell that starts with = + - @, a tab or a carriage return 
 `'`, which spreadsheets show as text. So that --label-fixes reads every cell back unchanged
 the rule is a bijection: a cell that already is quotes then such a character gets one more
 quote, and `restore` takes exactly one off. The review page's Export CSV does the same
-(tools/review/assets/review.js, `csvCell`)."""
+(tools/review/assets/review.js, `exportCsv`)."""
 import csv
 import io
 import re

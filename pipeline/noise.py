@@ -4,11 +4,13 @@ resume sees the same given label for the same sample.
 Every noise model is a KxK row-stochastic transition matrix T (T[c, k] = P(given k | clean c)).
 One uniform draw u[index] per sample, from a generator seeded by --noise-seed, picks the given
 label by inverse CDF of row T[label]: one code path for uniform, pair and matrix noise."""
+import io
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
+from pipeline import safe_io
 from pipeline.shards import DataError
 
 CIFAR10_PAIRS = {"truck": "automobile", "bird": "airplane", "deer": "horse", "cat": "dog"}
@@ -71,11 +73,20 @@ def transition_matrix(spec: NoiseSpec, classes: list[str], pairs: str = "") -> n
     return load_matrix(spec.path, k)
 
 
+MAX_MATRIX = 256 << 20       # K x K numbers as text: K = 5,000 is ~200 MB
+
+
 def load_matrix(path: str, k: int) -> np.ndarray:
+    """A K x K row-stochastic matrix from a text file, which may be named by a received
+    config.json: a regular file within MAX_MATRIX only, and errors never quote it."""
     try:
-        t = np.loadtxt(path, delimiter="," if path.endswith(".csv") else None, ndmin=2)
-    except (OSError, ValueError) as e:
-        raise DataError(f"--noise matrix:{path}: cannot read it ({e})") from None
+        raw = safe_io.read_capped(path, MAX_MATRIX, "--noise matrix")
+    except DataError as e:
+        raise DataError(f"cannot read {e}") from None
+    try:
+        t = np.loadtxt(io.StringIO(raw.decode("utf-8")), delimiter="," if path.endswith(".csv") else None, ndmin=2)
+    except ValueError:             # UnicodeDecodeError too; numpy's message quotes the bad cell
+        raise DataError(f"--noise matrix:{path}: not a table of numbers") from None
     if t.shape != (k, k) or (t < 0).any() or not np.allclose(t.sum(1), 1, atol=1e-6):
         raise DataError(f"--noise matrix:{path}: need a {k}x{k} row-stochastic matrix, got shape {t.shape}")
     return t

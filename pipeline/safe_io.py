@@ -44,7 +44,7 @@ def out_dir(path, what: str = "--out") -> Path:
     except FileExistsError:
         raise OutputRefused(f"{what} {path}: exists and is not a folder") from None
     except OSError as e:
-        raise OutputRefused(f"{what} {path}: cannot make the folder ({e.strerror or e})") from None
+        raise OutputRefused(f"{what} {path}: not writable, cannot make the folder ({e.strerror or e})") from None
     _no_link(path, what)      # made by someone else between the check and mkdir: look again
     if not path.is_dir():
         raise OutputRefused(f"{what} {path}: exists and is not a folder")

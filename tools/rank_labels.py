@@ -13,11 +13,11 @@ Writes OUT/label_scores.parquet, OUT/summary.json, OUT/suspects.png and, with --
 OUT/suspects.csv. A missing run or checkpoint prints one line and exits with code 2."""
 import os
 import sys
-from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from models.backbones import ModelError  # noqa: E402
+from pipeline import safe_io  # noqa: E402
 from pipeline.shards import DataError, Part, TRUST_FLAG  # noqa: E402
 from tools.review import exports  # noqa: E402
 from tools.review.ranking import build_loader, gather, load_model, load_run, report, score_split  # noqa: E402
@@ -45,15 +45,19 @@ def parse_args(argv):
     p.add_argument(TRUST_FLAG, dest="trust_urls", action="store_true",
                    help="let the run's config.json and the dataset card name pipe: or remote shard URLs "
                         "(pipe: runs a shell command: only for runs you made)")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    for flag, value in (("--top", args.top), ("--grid-per-class", args.grid_per_class),
+                        ("--batch-size", args.batch_size), ("--workers", args.workers or 0)):
+        if value < 0:
+            p.error(f"{flag} must be >= 0, got {value}")
+    return args
 
 
 def main(argv=None) -> int:
     from accelerate import Accelerator
     args = parse_args(argv)
     cfg, ckpt = load_run(args)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = safe_io.out_dir(args.out)             # a link there, or a file, is refused
     acc = Accelerator()
     if args.fiftyone < 0:
         raise config.ConfigError(f"--fiftyone must be >= 0, got {args.fiftyone}")

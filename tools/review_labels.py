@@ -18,14 +18,13 @@ RUN/labels is tools/rank_labels.py's output (label_scores.parquet, summary.json)
 The class names come from the dataset card: the run's config.json (RUN = the parent of
 --labels, or --run) names its shards, pipeline.loader.resolve finds the card; --card overrides.
 A missing file prints one line and exits with code 2."""
-import json
 import os
 import sys
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from pipeline import shards  # noqa: E402
+from pipeline import safe_io, shards  # noqa: E402
 from pipeline.shards import DataError, TRUST_FLAG  # noqa: E402
 from tools.review.label_studio import write_label_studio  # noqa: E402
 from tools.review.noise_matrix import noise_report  # noqa: E402
@@ -50,14 +49,14 @@ def parse_args(argv):
     p.add_argument(TRUST_FLAG, dest="trust_urls", action="store_true",
                    help="let the run's config.json and the card name pipe: or remote shard URLs")
     args = p.parse_args(argv)
-    if args.top < 1 or args.thumb_size < 8:
-        p.error("--top must be >= 1 and --thumb-size >= 8")
+    if args.top < 1 or not 8 <= args.thumb_size <= 1024:
+        p.error("--top must be >= 1 and --thumb-size between 8 and 1024")
     return args
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    labels, out = Path(args.labels), Path(args.out)
+    labels, out = Path(args.labels), safe_io.out_dir(args.out)     # a link there is refused
     cols, summary = read_scores(labels)
     card_path = find_card(args)
     card = shards.read_card(card_path)
@@ -71,7 +70,7 @@ def main(argv=None) -> int:
     sources = read_sources(card_path.with_suffix(".parquet"), top["index"])
     rows = page_rows(top, sources, thumbs)
     noise = noise_report(cols, len(classes), summary.get("split", "train"))
-    (out / "noise.json").write_text(json.dumps(noise, indent=1) + "\n")
+    safe_io.write_json(out / "noise.json", noise)
     plot_noise(out / "noise_matrix.png", noise, classes)
     payload = {"run_id": run_id(labels), "run": str(labels.resolve().parent), "classes": classes,
                "summary": summary, "noise": noise, "rows": rows, "n_scored": int(len(cols["index"]))}

@@ -3,13 +3,14 @@ run (written at the end of training), and Fig. 2's curves per method. Label revi
 and pictures live in tools/review/ (training never imports it).
 
     python -m train.report RUN_DIR      # (re)draw RUN_DIR/curves.png and summary.csv"""
-import csv
 import json
 import sys
 from pathlib import Path
 
 import numpy as np
 
+from pipeline import safe_io
+from pipeline.csv_cells import write_csv
 from train.runfolder import read_jsonl
 
 # summary.csv's leading columns (timm-like); any other metric follows in first-seen order
@@ -41,11 +42,7 @@ def write_summary_csv(rows: list[dict], path: Path) -> None:
     cols = [c for c in CSV_FIRST if any(c in r for r in rows)]
     for r in rows:
         cols += [k for k in r if k not in cols]
-    with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=cols, restval="", extrasaction="ignore")
-        w.writeheader()
-        for r in rows:
-            w.writerow({k: ("" if v is None else v) for k, v in r.items()})
+    write_csv(path, cols, [{k: ("" if v is None else v) for k, v in r.items()} for r in rows])
 
 
 def plot_curves(rows: list[dict], path: Path, title: str = "") -> None:
@@ -66,7 +63,7 @@ def plot_curves(rows: list[dict], path: Path, title: str = "") -> None:
     lx.set(xlabel="epoch", ylabel="train loss", title="training objective")
     lx.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    safe_io.savefig(fig, path, dpi=100)
     plt.close(fig)
 
 
@@ -82,7 +79,7 @@ def plot_methods(curves: dict[str, list[dict]], path: Path, title: str = "") -> 
         ax.grid(alpha=0.3)
     axes[1].legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    safe_io.savefig(fig, path, dpi=100)
     plt.close(fig)
 
 

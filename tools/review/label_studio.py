@@ -1,7 +1,9 @@
 """Label Studio import tasks for the suspects (review_labels --label-studio): the thumbnail,
 the sample's names and the suggested label as a pre-annotation, and the labeling config."""
-import json
 from pathlib import Path
+
+from pipeline import safe_io
+from pipeline.fixes import drop_choice
 
 LS_CHOICE = "label"   # the Label Studio Choices tag (from_name) and its Image tag (to_name)
 LS_IMAGE = "image"
@@ -26,15 +28,16 @@ def label_studio_tasks(rows: dict, classes: list[str], prefix: str, model: str) 
 
 
 def label_studio_config(classes: list[str]) -> str:
-    """The labeling config the tasks expect: one Choices over the classes, plus "drop"."""
+    """The labeling config the tasks expect: one Choices over the classes, plus "drop" ("(drop)"
+    when a class is named drop: pipeline.fixes reads the two apart)."""
     from xml.sax.saxutils import quoteattr
-    choices = "".join(f"    <Choice value={quoteattr(c)}/>\n" for c in [*classes, "drop"])
+    choices = "".join(f"    <Choice value={quoteattr(c)}/>\n" for c in [*classes, drop_choice(classes)])
     return (f'<View>\n  <Image name="{LS_IMAGE}" value="${LS_IMAGE}"/>\n  <Text name="given" value="given: $given"/>\n'
             f'  <Choices name="{LS_CHOICE}" toName="{LS_IMAGE}" choice="single" showInline="true">\n{choices}'
             f'  </Choices>\n</View>\n')
 
 
 def write_label_studio(path: Path, rows: dict, classes: list[str], prefix: str, model: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(label_studio_tasks(rows, classes, prefix, model), indent=1) + "\n")
-    (path.parent / "label_studio_config.xml").write_text(label_studio_config(classes))
+    safe_io.out_dir(path.parent, "--label-studio folder")
+    safe_io.write_json(path, label_studio_tasks(rows, classes, prefix, model))
+    safe_io.write_text(path.parent / "label_studio_config.xml", label_studio_config(classes))

@@ -4,12 +4,14 @@ its assets, data and script inline."""
 import hashlib
 import io
 import json
+import math
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline import loader as data
+from pipeline import loader as data, safe_io
 from pipeline.records import find_images
 from pipeline.shards import DataError
 from tools.review.ranking import saved_config
@@ -18,6 +20,16 @@ from train.report import pyplot
 ASSETS = Path(__file__).with_name("assets")
 SCORE_COLUMNS = ["key", "index", "shard", "label", "clean_label", "score", "rank", "classifier_pred",
                  "predictor_pred"]
+# label_scores.parquet may come from a stranger: each column's Arrow type is checked before use
+COLUMN_KIND = {"key": pa.types.is_string, "shard": pa.types.is_string, "score": pa.types.is_floating,
+               **{c: pa.types.is_integer for c in ("index", "label", "clean_label", "rank", "classifier_pred",
+                                                   "predictor_pred")}}
+# summary.json's fields the page and this tool read, with their types; the rest is not passed on
+SUMMARY_NUMBERS = ("n", "n_known", "n_wrong", "frac_wrong", "roc_auc", "average_precision", "k",
+                   "precision_at_k", "threshold", "n_skipped")
+SUMMARY_TEXT = ("method", "checkpoint", "split", "device")
+MAX_SCORES = 64 << 30        # label_scores.parquet: ~30 bytes a sample
+MAX_SUMMARY = 64 << 20
 
 
 # ---- inputs ----
@@ -42,17 +54,44 @@ def read_scores(labels: Path) -> tuple[dict, dict]:
     path = labels / "label_scores.parquet"
     if not path.is_file():
         raise DataError(f"{path} not found (run tools/rank_labels.py --out {labels} first)")
+    safe_io.check_regular(path, MAX_SCORES, "label scores")
     try:
         table = pq.read_table(path, columns=SCORE_COLUMNS)
-        summary = json.loads((labels / "summary.json").read_text()) if (labels / "summary.json").is_file() else {}
-    except (OSError, ValueError, KeyError) as e:
-        raise DataError(f"{labels}: cannot read rank_labels' output ({e})") from None
+        summary = (json.loads(safe_io.read_capped(labels / "summary.json", MAX_SUMMARY, "summary"))
+                   if (labels / "summary.json").exists() else {})
+    except (OSError, ValueError, KeyError, RecursionError) as e:
+        raise DataError(f"{labels}: cannot read rank_labels' output ({type(e).__name__})") from None
+    for c, kind in COLUMN_KIND.items():
+        if not kind(table.schema.field(c).type):
+            raise DataError(f"{path}: column {c!r} has the wrong type ({table.schema.field(c).type})")
+    summary = check_summary(summary, labels / "summary.json")
     # key and shard stay Arrow arrays (no Python string per scored row: only the top K are
     # taken out); the numeric columns become numpy, a CE run's null predictor_pred -1
     cols = {c: table.column(c).combine_chunks() for c in SCORE_COLUMNS}
     cols = {c: (v if c in ("key", "shard") else v.fill_null(-1).to_numpy() if c == "predictor_pred"
                 else v.to_numpy()) for c, v in cols.items()}
     return cols, summary
+
+
+def check_summary(summary, path: Path) -> dict:
+    """The fields of summary.json the page shows, each of its type (a NaN or a text roc_auc
+    would stop the page's script half-built); one line naming the field otherwise."""
+    if not isinstance(summary, dict):
+        raise DataError(f"{path}: not a JSON object")
+    out = {}
+    for k in SUMMARY_NUMBERS:
+        v = summary.get(k)
+        if v is not None and not (isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)):
+            raise DataError(f"{path}: {k!r} is not a finite number")
+        out[k] = v
+    for k in SUMMARY_TEXT:
+        if k in summary and not isinstance(summary[k], str):
+            raise DataError(f"{path}: {k!r} is not text")
+        if k in summary:
+            out[k] = summary[k]
+    if out.get("split", "train") not in ("train", "val"):
+        raise DataError(f"{path}: 'split' is not train or val")
+    return out
 
 
 def check_labels(cols: dict, n: int, card_path: Path) -> None:
@@ -68,7 +107,7 @@ def suspects(cols: dict, k: int) -> dict:
     """The k best-ranked samples' columns, in rank order (key and shard as Python lists)."""
     rank = cols["rank"]
     pick = np.flatnonzero(rank <= k)
-    pick = pick[np.argsort(rank[pick], kind="stable")]
+    pick = pick[np.argsort(rank[pick], kind="stable")][:k]     # ranks all 1 must not fill the page
     return {c: (v.take(pick).to_pylist() if c in ("key", "shard") else v[pick]) for c, v in cols.items()}
 
 
@@ -93,7 +132,7 @@ def read_sources(manifest: Path, indices: np.ndarray) -> dict[int, str]:
 def write_thumbs(shard_dir: Path, wanted: dict, out: Path, size: int) -> dict[int, str]:
     """{index: thumbnail path relative to the page} for wanted {shard: {key: index}}, reading
     each shard once (pipeline.records.find_images)."""
-    out.mkdir(parents=True, exist_ok=True)
+    safe_io.out_dir(out, "thumbs folder")          # a link there is refused
     return {wanted[shard][key]: _thumb(body, out, wanted[shard][key], size)
             for shard, key, body in find_images(shard_dir, wanted)}
 
@@ -110,7 +149,9 @@ def _thumb(body: bytes, out: Path, index: int, size: int) -> str:
     img.thumbnail((size, size), Image.Resampling.BICUBIC)   # never enlarges: the page scales
     # small images up itself (image-rendering: pixelated), so a 28x28 digit stays ~1 KB
     name = f"{index}.png" if img.mode == "L" else f"{index}.jpg"
-    img.save(out / name, **({"format": "PNG"} if img.mode == "L" else {"format": "JPEG", "quality": 85}))
+    buf = io.BytesIO()
+    img.save(buf, **({"format": "PNG"} if img.mode == "L" else {"format": "JPEG", "quality": 85}))
+    safe_io.write_bytes(out / name, buf.getvalue(), durable=False)   # thumbnails are redone, not synced
     return f"{out.name}/{name}"
 
 
@@ -139,7 +180,7 @@ def plot_noise(path: Path, report: dict, classes: list[str]) -> None:
                         ax.text(j, i, f"{a[i, j]:.2f}", ha="center", va="center", fontsize=6,
                                 color="black" if a[i, j] > 0.5 else "white")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    safe_io.savefig(fig, path, dpi=100)
     plt.close(fig)
 
 
@@ -176,6 +217,4 @@ def write_page(out: Path, payload: dict) -> Path:
     html = html.replace("/*STYLE*/", (ASSETS / "review.css").read_text())
     html = html.replace("/*SCRIPT*/", (ASSETS / "review.js").read_text())
     html = html.replace("/*DATA*/", embed_json(payload))
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "index.html").write_text(html, encoding="utf-8")
-    return out / "index.html"
+    return safe_io.write_text(safe_io.out_dir(out) / "index.html", html)

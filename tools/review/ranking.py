@@ -1,14 +1,13 @@
 """Scoring a training run: its config and checkpoint read back (they may come from a
 stranger), the split read as the run read it, every sample scored, the ranking's outputs
 (label_scores.parquet, summary.json, suspects.csv, suspects.png) written."""
-import json
 from dataclasses import fields
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from pipeline import loader as data
+from pipeline import loader as data, safe_io
 from pipeline.batch import to_device
 from pipeline.progress import bar as progress_bar
 from pipeline.cpu import ReadSpec
@@ -118,7 +117,8 @@ def gather(acc, s: Scores, out: Path) -> Scores | None:
     """Several processes: each scored its own shards; the main one concatenates (via OUT)."""
     if acc.num_processes == 1:
         return s
-    np.savez(out / f".scores-{acc.process_index}.npz", **vars(s))
+    with safe_io.temp_path(out / f".scores-{acc.process_index}.npz") as tmp:
+        np.savez(tmp, **vars(s))
     acc.wait_for_everyone()
     if not acc.is_main_process:
         return None
@@ -140,7 +140,7 @@ def report(s: Scores, ds, out: Path, args, info: dict) -> dict:
     cols = {"label": s.label, "predictor_pred": s.predictor_pred, "classifier_pred": s.classifier_pred,
             "clean_label": s.clean}
     summary["noise_matrix"] = noise_report(cols, len(ds.classes), args.split)   # tools/review/noise_matrix.py
-    (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+    safe_io.write_json(out / "summary.json", summary)
     if args.top:
         write_suspects_csv(out / "suspects.csv", suspect_rows(s, rank, records, ds.classes, args.top))
     tiles = [(records[int(r)], int(s.label[r]), suggested(s, int(r))) for r in picks]

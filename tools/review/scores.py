@@ -9,6 +9,7 @@ import pyarrow.parquet as pq
 import torch
 import torch.nn.functional as F
 
+from pipeline import safe_io
 from pipeline.shards import DataError
 
 SCHEMA = pa.schema([("key", pa.string()), ("index", pa.int64()), ("shard", pa.string()),
@@ -92,7 +93,7 @@ def write_scores(s: Scores, rank: np.ndarray, manifest: Path, out: Path, top_k: 
     wanted[np.asarray(extra_rows, dtype=np.int64)] = True
     records, written, pending = {}, 0, []
     cols = [c for c in ("key", "shard", "index", "source") if c in pq.read_schema(manifest).names]
-    with pq.ParquetWriter(out, SCHEMA, use_dictionary=["shard"]) as writer:
+    with safe_io.temp_path(out) as tmp, pq.ParquetWriter(tmp, SCHEMA, use_dictionary=["shard"]) as writer:
         for chunk, sel, r in _joined(manifest, cols, row_of):
             pending.append(_table(chunk, sel, r, s, rank))
             written += len(sel)

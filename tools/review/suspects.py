@@ -1,11 +1,12 @@
 """The suspect list a person relabels from: suspects.csv and the grid of the best-ranked
 samples of each given class (suspects.png)."""
-import csv
 import io
 from pathlib import Path
 
 import numpy as np
 
+from pipeline import safe_io
+from pipeline.csv_cells import write_csv
 from train.report import pyplot
 
 
@@ -24,11 +25,8 @@ def grid_rows(label: np.ndarray, rank: np.ndarray, per_class: int, n_classes: in
 
 def write_suspects_csv(path: Path, rows: list[dict]) -> None:
     """The relabeling list: rank, key, index, shard, source path, given and predicted class
-    names, score."""
-    with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=SUSPECT_COLUMNS, restval="", extrasaction="ignore")
-        w.writeheader()
-        w.writerows(rows)
+    names, score. Class names and keys are neutralized for spreadsheets (pipeline/csv_cells.py)."""
+    write_csv(path, SUSPECT_COLUMNS, rows)
 
 
 def read_images(shard_dir: Path, wanted: dict) -> dict:
@@ -65,6 +63,6 @@ def draw_suspects(path: Path, tiles: list, classes: list, shard_dir: Path, per_c
     if not tiles:
         axes[0, 0].text(0.5, 0.5, "no samples", ha="center", va="center")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    safe_io.savefig(fig, path, dpi=100)
     plt.close(fig)
 

@@ -53,7 +53,10 @@
     move(u.i);
   }
   function exportCsv() {
-    const q = (s) => (/[",\r\n]/.test(s) ? '"' + s.replace(/"/g, '""') + '"' : s);
+    // a text cell a spreadsheet would run (= + - @ tab CR, after any quotes) gets a leading ',
+    // which pipeline/fixes.py takes off again (pipeline/csv_cells.py, the same rule)
+    const neutral = (s) => (/^'*[=+\-@\t\r]/.test(s) ? "'" + s : s);
+    const q = (s) => { s = neutral(String(s)); return /[",\r\n]/.test(s) ? '"' + s.replace(/"/g, '""') + '"' : s; };
     const lines = ["key,index,given,decision,new_label"];
     for (let i = 0; i < N; i++) {
       const v = decisions[R.index[i]];
