@@ -7,6 +7,7 @@ import numpy as np
 from PIL import Image
 
 from pipeline import records
+from pipeline.convert import hf_parquet
 
 
 def encode_image(source, resize: int, quality: int) -> tuple[bytes, str]:
@@ -18,7 +19,8 @@ def encode_image(source, resize: int, quality: int) -> tuple[bytes, str]:
         buf = io.BytesIO()
         Image.fromarray(source).save(buf, format="PNG")
         return buf.getvalue(), "png"
-    data = Path(source).read_bytes()
+    # a Hugging Face Parquet row (FILE::ROW): the embedded bytes, kept as they are like a file's
+    data = hf_parquet.row_bytes(source) if hf_parquet.is_row(source) else Path(source).read_bytes()
     try:
         img = Image.open(io.BytesIO(data))
     except Image.UnidentifiedImageError:   # PIL's message names the buffer's address: not reproducible
