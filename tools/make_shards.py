@@ -4,7 +4,7 @@
         [--resize SHORTER] [--quality Q] [--val-fraction F] [--workers K] [--seed S]
         [--label-fixes FILE] [--part I/N | --merge]
 
-FORMAT: mnist | clothing1m | imagefolder | table | hf. Output (docs/architecture.md section 4):
+FORMAT: mnist | clothing1m | imagefolder | table | hf | wds. Output (docs/architecture.md section 4):
 NAME-000.tar ... (train), NAME-val-000.tar, NAME-test-000.tar, an `.idx` beside each tar,
 NAME.json (the card) and NAME.parquet (one row per sample). Samples are assigned to shards
 before any work starts, so the output is byte-identical for any --workers. Shards of NAME in
@@ -37,14 +37,16 @@ from pipeline.shards import DataError  # noqa: E402
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("format", choices=FORMATS)
-    p.add_argument("source", type=Path, help="MNIST idx folder, Clothing1M root, image folder, table file or Hugging Face Parquet folder/file")
+    p.add_argument("source", type=Path, help="MNIST idx folder, Clothing1M root, image folder, table file, Hugging Face Parquet folder/file "
+                        "or a folder of WebDataset tars (wds)")
     p.add_argument("--out", type=Path, required=True, help="output folder")
     p.add_argument("--name", default=None, help="dataset name (default: the format)")
     p.add_argument("--shard-size", type=int, default=5000, help="samples per shard")
     p.add_argument("--resize", type=int, default=0, help="store the shorter side at this size (JPEG; never upscales)")
     p.add_argument("--quality", type=int, default=90, help="JPEG quality when re-encoding")
     p.add_argument("--val-fraction", type=float, default=None, help="carve val from train when the source has none (mnist: 0.2)")
-    p.add_argument("--classes", default="", help="table, hf: comma-separated class names (label ids index into them)")
+    p.add_argument("--classes", default="", help="table, hf, wds: comma-separated class names (label ids index into them); wds: or a file of names")
+    p.add_argument("--label-field", default="", help="wds: where a sample's label is: cls (default), txt or json:FIELD")
     p.add_argument("--workers", type=int, default=1, help="parallel processes")
     p.add_argument("--seed", type=int, default=0, help="seed of the train/val split")
     p.add_argument("--recipe", default="", choices=["", *RECIPES],

@@ -33,7 +33,7 @@ _FILE_SPLIT = re.compile(r"^(?P<split>[A-Za-z]+)(?:[-_.]|$)")
 
 
 def is_row(source) -> bool:
-    return isinstance(source, str) and SEP in source and source.rsplit(SEP, 1)[1].isdigit()
+    return isinstance(source, str) and ".parquet" + SEP in source and source.rsplit(SEP, 1)[1].isdigit()
 
 
 def split_of(path: Path, root: Path) -> str | None:

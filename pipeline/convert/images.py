@@ -7,7 +7,7 @@ import numpy as np
 from PIL import Image
 
 from pipeline import records
-from pipeline.convert import hf_parquet
+from pipeline.convert import hf_parquet, wds_adopt
 
 
 def encode_image(source, resize: int, quality: int) -> tuple[bytes, str]:
@@ -20,7 +20,9 @@ def encode_image(source, resize: int, quality: int) -> tuple[bytes, str]:
         Image.fromarray(source).save(buf, format="PNG")
         return buf.getvalue(), "png"
     # a Hugging Face Parquet row (FILE::ROW): the embedded bytes, kept as they are like a file's
-    data = hf_parquet.row_bytes(source) if hf_parquet.is_row(source) else Path(source).read_bytes()
+    # or an adopted shard's member (TAR::N)
+    data = (hf_parquet.row_bytes(source) if hf_parquet.is_row(source) else
+            wds_adopt.member_bytes(source) if wds_adopt.is_member(source) else Path(source).read_bytes())
     try:
         img = Image.open(io.BytesIO(data))
     except Image.UnidentifiedImageError:   # PIL's message names the buffer's address: not reproducible

@@ -2,7 +2,7 @@
 write the missing shards (or one --part of them), then the card and manifest (--merge)."""
 import sys
 
-from pipeline.convert import hf_parquet, sources
+from pipeline.convert import hf_parquet, sources, wds_adopt
 from pipeline.convert.columns import release_memory
 from pipeline.convert.jobs import run_jobs, start_workers
 from pipeline.convert.outputs import remove_stale_shards, write_outputs
@@ -10,7 +10,7 @@ from pipeline.convert.plan import fingerprint, plan, read_label_fixes
 from pipeline.convert.progress import Progress, check_merge, part_of
 from pipeline.shards import DataError
 
-FORMATS = ("mnist", "clothing1m", "imagefolder", "table", "hf")
+FORMATS = ("mnist", "clothing1m", "imagefolder", "table", "hf", "wds")
 
 
 def load_source(args) -> sources.Source:
@@ -22,6 +22,8 @@ def load_source(args) -> sources.Source:
         src = sources.table(args.source, val, args.seed, classes)
     elif args.format == "hf":                          # a Hugging Face Parquet dataset (issue 28)
         src = hf_parquet.hf(args.source, val, args.seed, args.classes.split(",") if args.classes else None)
+    elif args.format == "wds":                         # existing WebDataset shards, adopted (issue 28)
+        src = wds_adopt.wds(args.source, val, args.seed, args.classes, args.label_field or "cls")
     else:
         src = getattr(sources, args.format)(args.source, val, args.seed)
     if args.recipe:                                     # issue 10: e.g. CIFAR exported as images
