@@ -10,6 +10,7 @@ import pytest
 import webdataset as wds
 from PIL import Image
 
+from pipeline import dali
 from pipeline.records import find_images
 from tests.shardkit import train_argv
 from tools import make_shards
@@ -81,7 +82,10 @@ def test_tarwriter_cls_layout_splits_and_trains(tmp_path):
     card = json.loads((out / "adopted.json").read_text())
     assert card["classes"] == ["0", "1"] and card["splits"]["train"]["count"] == 30
     assert card["splits"]["val"]["count"] == 8
-    assert train_cli(train_argv(out, tmp_path / "run")) == 0
+    for backend in ("cpu", "dali") if dali.dali_available() else ("cpu",):   # DALI: its CPU mode here
+        assert train_cli(train_argv(out, tmp_path / backend, "--backend", backend)) == 0
+        row = json.loads((tmp_path / backend / "metrics.jsonl").read_text().splitlines()[-1])
+        assert row["samples_seen"] == card["splits"]["train"]["count"] and row["samples_skipped"] == 0
 
 
 def test_damaged_members_and_missing_labels_are_named(tmp_path, capsys):
