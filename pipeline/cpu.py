@@ -14,7 +14,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from webdataset.gopen import gopen
 
-from pipeline import augment, records, shards, tario
+from pipeline import augment, records, shards, shardset, tario
 from pipeline.batch import Tagged
 from pipeline.shards import for_worker
 from pipeline.tario import iter_tar
@@ -159,13 +159,13 @@ def _members(stream, url: str, keys, want):
     """A local shard read for chosen keys goes through its .idx when there is a usable one
     (only the chosen samples' headers and data are read); anything else, by its headers."""
     if keys is not None and not shards.has_scheme(url):
-        path = Path(shards.shard_path(url)).with_suffix(".idx")
+        path = shardset.index_path(Path(shards.shard_path(url)))
         try:
-            index = tario.read_index(path.read_text(encoding="utf-8"), os.fstat(stream.fileno()).st_size)
-        except (OSError, UnicodeDecodeError, ValueError):
+            index = shardset.parse_index(path.read_text(encoding="utf-8"), os.fstat(stream.fileno()).st_size)
+        except (OSError, UnicodeDecodeError, ValueError):     # not usable: read the tar's headers
             index = None
         if index is not None:
-            return tario.iter_indexed(stream, [m for m in index if records.split_member(m[0][0])[0] in keys])
+            return tario.iter_indexed(stream, [s for s, key in zip(index.samples, index.keys()) if key in keys])
     return iter_tar(stream, want)
 
 

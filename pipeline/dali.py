@@ -15,7 +15,7 @@ import zlib
 import numpy as np
 import torch
 
-from pipeline import records
+from pipeline import records, shardset
 from pipeline.cpu import ReadSpec, expected_count, facts_for
 from pipeline.shards import DataError
 
@@ -37,11 +37,6 @@ def dali_available() -> bool:
 def gpu_decode_available() -> bool:
     """DALI plus a CUDA device: the only case where "mixed" (GPU) decoding can run."""
     return dali_available() and torch.cuda.is_available()
-
-
-def _idx(path: str) -> str:
-    """The DALI index beside a shard (pipeline/convert/writer.py writes NAME.idx for NAME.tar)."""
-    return os.path.splitext(path)[0] + ".idx"
 
 
 def _local(url: str) -> str:
@@ -70,23 +65,17 @@ def _scan_index(path: str, mtime: float) -> IndexScan:
     gives those samples the same skip records the CPU backend writes (a later copy of a key is
     dropped after DALI by its offset; a copy right after the first is one index line, which
     DALI reads as one sample). Cached per (path, mtime): epochs re-read it."""
-    with open(_idx(path), encoding="utf-8", errors="replace") as f:
-        lines = f.read().split("\n")
-    step = 4 if lines[0].startswith("v1.2") else 3
-    usable, n, end, skips, drops, seen = 0, 0, 0, [], set(), set()
+    usable, skips, drops, seen = 0, [], set(), set()
     tar = _Peek(path)
     try:
-        for line in lines[1:]:
-            tok = line.split()
-            if not tok:
-                continue
-            n += 1
-            exts = tok[0::step]
-            end = max(end, *(int(o) + int(z) for o, z in zip(tok[1::step], tok[2::step])))
-            key = records.split_member(tok[3])[0] if step == 4 else ""   # webdataset: the first dot
+        with open(shardset.index_path(path), encoding="utf-8", errors="replace") as f:
+            index = shardset.parse_index(f.read(), strict=False)
+        keys = index.keys() or [""] * len(index.samples)       # v1.1 names no member
+        for members, key in zip(index.samples, keys):
+            exts = [m[0] for m in members]
             if key and key in seen:            # ---- duplicate keys, as the CPU backend
                 skips.append((path, key, "duplicate key"))
-                drops.update(int(o) for e, o in zip(exts, tok[1::step]) if e in ("jpg", "png"))
+                drops.update(o for e, o, _, _ in members if e in ("jpg", "png"))
                 continue
             seen.add(key)
             if len(set(exts)) < len(exts):
@@ -97,22 +86,22 @@ def _scan_index(path: str, mtime: float) -> IndexScan:
             if need:
                 skips.append((path, key, f"KeyError: {need[0]!r}"))
                 continue
-            image = next((int(o), int(z)) for e, o, z in zip(exts, tok[1::step], tok[2::step]) if e in ("jpg", "png"))
+            image = next((o, z) for e, o, z, _ in members if e in ("jpg", "png"))
             why = _image_problem(tar.head(*image))
             if why:                            # dropped after DALI by its offset, like a repeat
                 skips.append((path, key, why))
                 drops.add(image[0])
             else:
                 usable += 1
-    except (ValueError, IndexError) as e:
-        raise DataError(f"{_idx(path)}: not a DALI index ({type(e).__name__}: {e}); --backend cpu "
+    except ValueError as e:
+        raise DataError(f"{shardset.index_path(path)}: not a DALI index ({type(e).__name__}: {e}); --backend cpu "
                         "needs none") from None
     finally:
         tar.close()
     if not usable and any("ids" in s[2] for s in skips):
         raise DataError(f"{path}: no sample has an .ids member (not written by tools/make_shards.py?): "
                         "use --backend cpu, or re-shard")
-    return IndexScan(n, usable, tuple(skips), frozenset(drops), end)
+    return IndexScan(len(index.samples), usable, tuple(skips), frozenset(drops), index.end)
 
 
 class _Peek:
@@ -214,7 +203,7 @@ def _augment(encoded, spec: ReadSpec, device: str):
 
 def _build(urls: list[str], spec: ReadSpec, seed: int, threads: int):
     gpu = torch.cuda.is_available()
-    idx = [_idx(u) for u in urls]     # DALI takes indexes for all shards or for none
+    idx = [shardset.index_path(u) for u in urls]     # DALI takes indexes for all shards or for none
     idx = idx if all(os.path.isfile(p) for p in idx) else None
 
     @pipeline_def(batch_size=spec.batch_size, num_threads=threads, seed=seed,
@@ -357,7 +346,7 @@ class DaliStream:
             if not os.path.isfile(path):
                 self.skips.append((path, "", f"unreadable or cut-off tar after 0 samples{of}: not found"))
                 continue
-            if os.path.isfile(_idx(path)):
+            if os.path.isfile(shardset.index_path(path)):
                 scan = _scan_index(path, os.path.getmtime(path))
                 size = os.path.getsize(path)
                 if scan.end > size:  # DALI would stop the whole run here; it reads no part of a tar

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import braceexpand
 
+from pipeline import shardset
+
 _ANGLE_RANGE = re.compile(r"<(\d+\.\.\d+)>")
-_SHARD_NAME = re.compile(r"^(?P<name>.+?)(-(?P<split>val|test))?-(?P<num>\d{3,})\.tar$")
 
 
 class DataError(ValueError):
@@ -116,10 +117,10 @@ def card_path_for(url: str) -> Path:
     remote shard (`pipe:...`, `s3://...`) a local copy of the card is looked for in the folder
     the URL names, then in the current folder."""
     path = shard_path(url)
-    m = _SHARD_NAME.match(path.rsplit("/", 1)[-1])
-    if not m:
+    name = shardset.dataset_of(path.rsplit("/", 1)[-1])
+    if name is None:
         raise DataError(f"cannot find the dataset card for {url}: name is not NAME-NNN.tar")
-    card = m.group("name") + ".json"
+    card = name + ".json"
     beside = Path(path).with_name(card)
     return beside if beside.exists() or "://" not in path else Path(card)
 
@@ -131,28 +132,10 @@ def read_card(path: Path) -> dict:
         raise DataError(f"dataset card not found: {path}") from None
     except ValueError as e:
         raise DataError(f"dataset card {path} is not valid JSON: {e}") from None
-    if not isinstance(card, dict) or "splits" not in card or "classes" not in card:
-        raise DataError(f"dataset card {path} lacks 'splits' or 'classes'")
-    _check_card_shape(card, path)
+    why = shardset.card_problem(card)          # the fields the readers index into, typed
+    if why:
+        raise DataError(f"dataset card {path}: {why}")
     return card
-
-
-def _check_card_shape(card: dict, path) -> None:
-    """The fields the readers index into, with the types they expect: a card from a stranger
-    fails here with one line instead of a TypeError deep in the loader."""
-    ok_int = lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0  # noqa: E731
-    if not (isinstance(card["classes"], list) and card["classes"] and all(isinstance(c, str) for c in card["classes"])):
-        raise DataError(f"dataset card {path}: 'classes' must be a non-empty list of names")
-    if not isinstance(card["splits"], dict):
-        raise DataError(f"dataset card {path}: 'splits' must be an object")
-    for name, sp in card["splits"].items():
-        shards = sp.get("shards") if isinstance(sp, dict) else None
-        if not (isinstance(shards, list) and ok_int(sp.get("count"))
-                and all(isinstance(x, dict) and isinstance(x.get("file"), str) and ok_int(x.get("count")) for x in shards)):
-            raise DataError(f"dataset card {path}: splits.{name} must hold 'count' and 'shards' "
-                            f"[{{\"file\": NAME, \"count\": N}}, ...]")
-    if "num_indices" in card and not ok_int(card["num_indices"]):
-        raise DataError(f"dataset card {path}: 'num_indices' must be a non-negative integer")
 
 
 def split_urls(card: dict, card_path: Path, split: str, trust: bool = False) -> list[str]:

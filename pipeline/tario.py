@@ -109,43 +109,15 @@ def _pass(stream, n: int, seek: bool) -> None:
 # An epoch over a few samples of a big shard: seeking past the others still reads every
 # member header (4 members a sample: 2 KB a sample, more than a small JPEG); the index says
 # where each member's data is, so only the chosen samples' bytes are read (docs/architecture.md
-# section 5). The index is a file like any other: read as text, checked, never trusted blindly.
+# section 5). The index is parsed and checked by pipeline/shardset.py (parse_index, strict).
 
-def read_index(text: str, file_size: int) -> list[list[tuple[str, int, int]]] | None:
-    """The samples of an index (`v1.2 N`, then per sample `ext offset size name` per member)
-    as [[(name, data offset, size), ...], ...], or None when it is not one that fits a tar of
-    file_size bytes (then the caller reads the tar's headers instead)."""
-    lines = text.split("\n")
-    head = lines[0].split()
-    if len(head) != 2 or head[0] != "v1.2" or not head[1].isdigit():
-        return None
-    samples, end = [], 0
-    for line in lines[1:]:
-        if not line:
-            continue
-        f = line.split(" ")
-        if len(f) % 4:
-            return None
-        members = []
-        for i in range(0, len(f), 4):
-            offset, size, name = f[i + 1], f[i + 2], f[i + 3]
-            if not (offset.isdigit() and size.isdigit()):
-                return None
-            offset, size = int(offset), int(size)
-            if offset < end + BLOCK or offset % BLOCK or size > MAX_MEMBER or offset + size > file_size:
-                return None                       # out of order, overlapping or past the end
-            end = offset + size
-            members.append((name, offset, size))
-        samples.append(members)
-    return samples if len(samples) == int(head[1]) else None
-
-
-def iter_indexed(stream, samples: list[list[tuple[str, int, int]]]):
-    """(name, data) of the given index entries, in order, each member's own header read and
+def iter_indexed(stream, samples):
+    """(name, data) of the given index entries (shardset.Index.samples: per sample, members as
+    (ext, data offset, size, name)), in order, each member's own header read and
     checked against the index (name, size, checksum): a tar rewritten beside an old index
     raises ValueError instead of giving another sample's bytes."""
     for members in samples:
-        for name, offset, size in members:
+        for _, offset, size, name in members:
             stream.seek(offset - BLOCK)
             header = stream.read(BLOCK)
             if len(header) < BLOCK:

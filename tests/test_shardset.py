@@ -1,6 +1,7 @@
 """A foreign shard whose members carry multi-dot names (`k.seg.png`, legal in WebDataset, whose
 key ends at the first dot of the base name) is grouped the same way by the writer's .idx, the
-CPU backend, DALI (CPU mode) and verify_shards; the card names no machine's folder."""
+CPU backend, DALI (CPU mode) and verify_shards; the card names no machine's folder; the set's
+names and its .idx have one definition (pipeline/shardset.py)."""
 import io
 import json
 
@@ -8,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline import dali
+from pipeline import dali, shardset
 from pipeline.augment import AugSpec
 from pipeline.convert import verify as shard_verify
 from pipeline.convert.writer import write_tar
@@ -79,3 +80,29 @@ def test_the_card_names_no_folder_and_no_worker_count(tmp_path):
         cards.append((out / "d.json").read_bytes())
     assert cards[0] == cards[1]
     assert not {"out", "workers"} & set(json.loads(cards[0])["options"])
+
+
+def test_one_index_parser_strict_for_seeking_lenient_for_reports(multidot):
+    text, size = shardset.index_path(multidot).read_text(), multidot.stat().st_size
+    strict = shardset.parse_index(text, size)
+    assert strict == shardset.parse_index(text, strict=False)
+    assert strict.keys() == [f"k{i}" for i in range(N)] + ["k0"] and strict.end <= size
+    with pytest.raises(ValueError, match="past the end"):      # a reader must not seek by it
+        shardset.parse_index(text, strict.end - 1)
+    assert shardset.parse_index(text, strict.end - 1, strict=False).end == strict.end   # verify says so
+    with pytest.raises(ValueError, match="header says"):
+        shardset.parse_index(text.replace(f"v1.2 {N + 1}", "v1.2 99"), size)
+    old = shardset.parse_index("v1.1 1\njpg 512 10 cls 1536 1\n", strict=False)     # DALI's older format
+    assert (old.keys(), old.end, old.samples[0][1]) == (None, 1537, ("cls", 1536, 1, ""))
+    with pytest.raises(ValueError):
+        shardset.parse_index("v1.1 1\njpg 512 10 cls 1536 1\n", 4096)
+
+
+def test_shard_file_names_are_built_and_matched_once():
+    assert [shardset.shard_file("d", s, 7) for s in ("train", "val", "test")] == ["d-007.tar", "d-val-007.tar",
+                                                                                  "d-test-007.tar"]
+    assert shardset.renumbered("d-val-007.tar", 2) == "d-val-002.tar"
+    assert [shardset.dataset_of(f) for f in ("d-x-000.tar", "d-test-1234.tar", "d-00.tar", "d-000.idx")] == \
+        ["d-x", "d", None, None]
+    assert shardset.is_shard_of("d-val-000.tar", "d") and not shardset.is_shard_of("dd-000.tar", "d")
+    assert shardset.index_path("a/d-000.tar") == "a/d-000.idx"

@@ -1,5 +1,5 @@
 """make_shards' manifest (NAME.parquet): one row per written sample, from the plan's columns,
-written one row group at a time (docs/architecture.md section 5)."""
+written one row group at a time (docs/architecture.md section 8)."""
 import os
 from pathlib import Path
 
@@ -8,11 +8,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.convert.columns import release_memory
-
-
-MANIFEST_SCHEMA = pa.schema([
-    ("key", pa.string()), ("split", pa.string()), ("shard", pa.string()), ("index", pa.int64()),
-    ("label", pa.int64()), ("clean_label", pa.int64()), ("source", pa.string())])
+from pipeline.shardset import MANIFEST_SCHEMA
 
 
 MANIFEST_ROWS = 1 << 16          # rows per Parquet row group, built and written one at a time

@@ -9,9 +9,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipeline import records
+from pipeline.shardset import MANIFEST_SCHEMA
 
-MANIFEST_COLUMNS = ["key", "split", "shard", "index", "label", "clean_label"]
-MANIFEST_TYPES = [pa.string(), pa.string(), pa.string(), pa.int64(), pa.int64(), pa.int64()]
+# every column but `source` (where a sample came from, which the tars do not hold)
+MANIFEST_COLUMNS = [f.name for f in MANIFEST_SCHEMA if f.name != "source"]
+MANIFEST_TYPES = [MANIFEST_SCHEMA.field(c).type for c in MANIFEST_COLUMNS]
 COMPARED = ["split", "shard", "label", "index", "clean"]
 
 

@@ -2,9 +2,9 @@
 manifest, the card written last, and an older conversion's shards removed."""
 import json
 import os
-import re
 from pathlib import Path
 
+from pipeline import shardset
 from pipeline.convert import sources
 from pipeline.convert.manifest import write_manifest
 from pipeline.convert.plan import Plan, card_options
@@ -22,12 +22,12 @@ def drop_empty_shards(results: list[dict], out: Path) -> list[dict]:
         for r in mine:
             if not r["count"]:
                 (out / r["file"]).unlink()
-                (out / r["file"]).with_suffix(".idx").unlink()
+                shardset.index_path(out / r["file"]).unlink()
         for i, r in enumerate([k for k in mine if k["count"]]):
-            new = f"{r['file'].rsplit('-', 1)[0]}-{i:03d}.tar"
+            new = shardset.renumbered(r["file"], i)
             if new != r["file"]:
                 os.replace(out / r["file"], out / new)
-                os.replace((out / r["file"]).with_suffix(".idx"), (out / new).with_suffix(".idx"))
+                os.replace(shardset.index_path(out / r["file"]), shardset.index_path(out / new))
                 r["file"] = new
     return [r for r in results if r["count"]]
 
@@ -38,14 +38,9 @@ def write_outputs(src, p: Plan, results: list[dict], args, fixes=None) -> dict:
     if not results:
         first = f" (first: {skipped[0]['source']}: {skipped[0]['reason']})" if skipped else ""
         raise DataError(f"no image converted: {len(skipped)} skipped{first}; nothing written")
-    splits = {}
-    for r in results:
-        sp = splits.setdefault(r["split"], {"shards": [], "count": 0})
-        sp["shards"].append({"file": r["file"], "count": r["count"]})
-        sp["count"] += r["count"]
-    card = {"name": args.name, "format": args.format, "classes": src.classes, "channels": src.channels,
-            "augment": src.augment, "normalize": src.normalize, "splits": splits,
-            "num_indices": p.num_indices, "skipped": skipped, "options": card_options(args)}
+    card = shardset.make_card(args.name, args.format, src.classes, src.channels, src.augment, src.normalize,
+                              [(r["split"], r["file"], r["count"]) for r in results], p.num_indices, skipped,
+                              card_options(args))
     if fixes is not None:
         card["label_fixes"] = {"file": str(args.label_fixes), "sha256": fixes.sha256,
                                "relabelled": fixes.n_relabelled, "dropped": fixes.n_dropped, "kept": fixes.n_kept}
@@ -62,11 +57,12 @@ def remove_stale_shards(out: Path, name: str, card: dict) -> list[str]:
     still train on them. Runs after the card is written, so a kill in between leaves the new
     set complete with extra files (verify_shards names them), never a card without shards.
     Files another card in `out` lists are kept (a dataset named NAME-val, say)."""
-    own = re.compile(rf"{re.escape(name)}(-val|-test)?-[0-9]+\.(tar|idx)")
+    def own(f: str) -> bool:                 # NAME's shards and their indexes
+        return shardset.is_shard_of(f[:-4] + ".tar", name) and f.endswith((".tar", ".idx"))
     keep = _listed_files(card) | {f for other in out.glob("*.json") if other.name != f"{name}.json"
                                   for f in _listed_files(_maybe_card(other))}
-    keep |= {f[:-4] + ".idx" for f in keep if f.endswith(".tar")}
-    stale = sorted(p.name for p in out.iterdir() if own.fullmatch(p.name) and p.name not in keep)
+    keep |= {shardset.index_path(f) for f in keep if f.endswith(".tar")}
+    stale = sorted(p.name for p in out.iterdir() if own(p.name) and p.name not in keep)
     for f in stale:
         (out / f).unlink()
     return stale

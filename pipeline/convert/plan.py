@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pipeline import fixes as label_fixes
+from pipeline import fixes as label_fixes, shardset
 from pipeline.convert import sources
 from pipeline.convert.columns import CHUNK, Records
 
@@ -36,9 +36,8 @@ def plan(src: sources.Source, args, fixes=None) -> Plan:
         if fixes is not None:
             recs, index = apply_fixes(recs, index, fixes)
         splits[split] = (recs, index)
-        prefix = args.name if split == "train" else f"{args.name}-{split}"
         for start in range(0, len(recs), args.shard_size):
-            jobs.append({"split": split, "file": f"{prefix}-{start // args.shard_size:03d}.tar",
+            jobs.append({"split": split, "file": shardset.shard_file(args.name, split, start // args.shard_size),
                          "start": start, "stop": min(start + args.shard_size, len(recs))})
     return Plan(splits, jobs, base)
 

@@ -1,6 +1,6 @@
 """make_shards' resume and --part bookkeeping: NAME.partial/ in --out, which records each finished
 shard so that a killed conversion, or N machines each writing a part, end in the same bytes as
-one uninterrupted run (docs/architecture.md section 4)."""
+one uninterrupted run (docs/architecture.md section 8)."""
 import json
 import os
 import re
@@ -8,6 +8,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from pipeline import shardset
 from pipeline.shards import DataError
 
 
@@ -61,11 +62,11 @@ class Progress:
         ones renamed (drop_empty_shards) leaves another shard's files under this name."""
         try:
             rec = json.loads((self.dir / "shards" / f"{job['file']}.json").read_text())
-            with open((self.out / job["file"]).with_suffix(".idx"), encoding="utf-8") as f:
-                head, first = f.readline().split(), f.readline().split(" ")
+            with open(shardset.index_path(self.out / job["file"]), encoding="utf-8") as f:
+                index = shardset.parse_index(f.read(), strict=False)
             ok = (rec["file"] == job["file"] and (self.out / job["file"]).exists()
-                  and head == ["v1.2", str(rec["count"])]
-                  and (rec["count"] == 0 or first[3:4] == [f"{rec['first']}.{first[0]}"]))  # ext off size NAME
+                  and index.version == "v1.2" and index.declared == rec["count"]
+                  and index.keys()[:1] == ([rec["first"]] if rec["count"] else []))
         except (OSError, ValueError, KeyError, TypeError):
             return None
         return rec if ok else None

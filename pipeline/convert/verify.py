@@ -11,7 +11,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from PIL import Image
 
-from pipeline import records
+from pipeline import records, shardset
 from pipeline.shards import DataError, read_card
 from pipeline.tario import iter_tar
 from pipeline.convert.manifest_check import MANIFEST_COLUMNS, duplicated, manifest_problems, short
@@ -103,20 +103,19 @@ def _check_image(data: bytes) -> list[str]:
 
 def check_index(tar: Path, keys: list[str]) -> list[str]:
     """The DALI index beside a tar: one line per sample, the same keys, inside the file."""
-    idx = tar.with_suffix(".idx")
+    idx = shardset.index_path(tar)
     if not idx.is_file():
         return [f"{idx.name}: missing (the DALI backend needs it)"]
     try:
-        lines = [ln.split() for ln in idx.read_text(encoding="utf-8", errors="replace").split("\n")]
-        head, rows = lines[0], [t for t in lines[1:] if t]
-        step = 4 if head[0] == "v1.2" else 3
-        end = max((int(o) + int(z) for t in rows for o, z in zip(t[1::step], t[2::step])), default=0)
-        names = [records.split_member(t[3])[0] for t in rows] if step == 4 else None
-    except (OSError, ValueError, IndexError) as e:
+        index = shardset.parse_index(idx.read_text(encoding="utf-8", errors="replace"), strict=False)
+        if index.declared is None:
+            raise ValueError("no sample count in its header")
+    except (OSError, ValueError) as e:
         return [f"{idx.name}: unreadable ({type(e).__name__}: {e})"]
+    rows, names, end = index.samples, index.keys(), index.end
     problems = []
-    if int(head[1]) != len(rows) or len(rows) != len(keys):
-        problems.append(f"{idx.name}: {len(rows)} samples, header says {head[1]}, the tar has {len(keys)}")
+    if index.declared != len(rows) or len(rows) != len(keys):
+        problems.append(f"{idx.name}: {len(rows)} samples, header says {index.declared}, the tar has {len(keys)}")
     elif names is not None and names != keys:
         problems.append(f"{idx.name}: keys differ from the tar's")
     if tar.is_file() and end > tar.stat().st_size:
@@ -155,7 +154,7 @@ def verify(folder: Path, name: str, workers: int = 1) -> tuple[list[str], str]:
     # ---- leftovers ----
     names = {f for _, f, _ in listed} | _listed_by_other_cards(folder, name)
     for p in sorted(folder.iterdir()):
-        if p.name.startswith(name + "-") and p.suffix == ".tar" and p.name not in names and _is_own(p.name, name):
+        if shardset.is_shard_of(p.name, name) and p.name not in names:
             problems.append(f"{p.name}: a shard the card does not list")
         if p.name.startswith(name) and p.name.endswith(".tmp"):
             problems.append(f"{p.name}: an unfinished file (a killed make_shards run? re-run it)")
@@ -239,12 +238,6 @@ def _listed_by_other_cards(folder: Path, name: str) -> set[str]:
             continue
         out |= {s["file"] for sp in card["splits"].values() for s in sp["shards"]}
     return out
-
-
-def _is_own(file: str, name: str) -> bool:
-    rest = file[len(name) + 1:-4]
-    rest = rest.split("-", 1)[1] if rest.startswith(("val-", "test-")) else rest
-    return rest.isdigit()
 
 
 class _Serial:

@@ -5,7 +5,7 @@ import os
 import tarfile
 from pathlib import Path
 
-from pipeline.records import split_member
+from pipeline import shardset
 
 
 def _member(name: str, data: bytes) -> tuple[tarfile.TarInfo, io.BytesIO]:
@@ -26,23 +26,14 @@ def write_tar(path: Path, samples: list[dict[str, bytes]]) -> int:
         for sample in samples:
             for name, data in sample.items():
                 tar.addfile(*_member(name, data))
-    write_dali_index(tmp, path.with_suffix(".idx"))
+    write_dali_index(tmp, shardset.index_path(path))
     os.replace(tmp, path)
     return len(samples)
 
 
 def write_dali_index(tar_path: Path, idx_path: Path) -> None:
-    """DALI's webdataset index (the format of its `wds2idx` tool, v1.2): a header line
-    `v1.2 N`, then one line per sample of `ext data_offset size name` per member."""
-    groups: list[list[str]] = []
-    last = None
-    with tarfile.open(tar_path, mode="r", encoding="utf-8") as tar:
-        for m in tar.getmembers():
-            base, ext = split_member(m.name)      # webdataset: the first dot of the base name
-            if base != last:
-                groups.append([])
-                last = base
-            groups[-1].append(f"{ext} {m.offset_data} {m.size} {m.name}")
+    """DALI's webdataset index of a written tar (its format: pipeline/shardset.py)."""
+    text = shardset.index_text(tar_path)
     tmp = Path(str(idx_path) + ".tmp")
-    tmp.write_text(f"v1.2 {len(groups)}\n" + "".join(" ".join(g) + "\n" for g in groups), encoding="utf-8")
+    tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, idx_path)
