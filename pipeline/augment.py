@@ -29,6 +29,42 @@ class AugSpec:
     channels: int = 3               # 1 = grayscale ("L"), 3 = RGB
 
 
+MAX_SIDE = 2048                     # as train/config.py's image_size: a card may come from a stranger
+
+
+def card_spec_problem(card: dict) -> str | None:
+    """What is wrong with a card's `augment`, `channels` and `normalize` (read by every command
+    that decodes), or None: known fields of their types, sides bounded, one finite mean and
+    positive std per channel. A card without `normalize` is one line, not a KeyError. Checked
+    where a dataset is resolved (pipeline.loader.resolve)."""
+    aug, channels, norm = card.get("augment", {}), card.get("channels", 3), card.get("normalize")
+    ints = ("size", "resize", "pad")
+    if channels not in (1, 3) or isinstance(channels, bool):
+        return "'channels' must be 1 or 3"
+    if not isinstance(aug, dict) or set(aug) - set(AugSpec.__dataclass_fields__) - {"channels"}:
+        return f"'augment' must be an object with the fields {', '.join(AugSpec.__dataclass_fields__)}"
+    if not all(isinstance(aug[k], int) and not isinstance(aug[k], bool) and 0 <= aug[k] <= MAX_SIDE
+               for k in ints if k in aug):
+        return f"'augment' sizes ({', '.join(ints)}) must be integers in [0, {MAX_SIDE}]"
+    if aug.get("crop", "none") not in CROPS or not isinstance(aug.get("flip", True), bool):
+        return f"'augment.crop' must be one of {', '.join(CROPS)} and 'flip' true or false"
+    for k in ("scale", "ratio"):
+        v = aug.get(k, (1, 1))
+        if not (isinstance(v, list | tuple) and len(v) == 2 and all(_finite(x) and x > 0 for x in v)):
+            return f"'augment.{k}' must be two positive numbers"
+
+    def stats(key, low):
+        v = norm.get(key) if isinstance(norm, dict) else None
+        return isinstance(v, list) and len(v) == channels and all(_finite(x) and x > low for x in v)
+    if not (stats("mean", -math.inf) and stats("std", 0)):
+        return f"'normalize' must hold 'mean' and 'std' with {channels} finite number(s) each (std > 0)"
+    return None
+
+
+def _finite(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
 def spec_from_card(card: dict, size: int = 0, override: str = "") -> AugSpec:
     """The dataset's recipe from its card; `size` (the --image-size flag) and `override`
     (the --augment flag, see train_crop_override) change it."""

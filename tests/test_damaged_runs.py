@@ -149,3 +149,14 @@ def test_relabelling_a_test_sample_is_refused_not_counted(shards, manifest, tmp_
     (tmp_path / "f.csv").write_text(f"key,label\n{test['key']},{(test['label'] + 1) % 10}\n")
     assert cli(argv(shards, tmp_path / "r", "--label-fixes", str(tmp_path / "f.csv"))) == 2
     assert "val or test sample" in one_line(capsys)
+
+
+@pytest.mark.parametrize("change", [lambda c: c.pop("normalize"), lambda c: c["augment"].update(size=10 ** 6),
+                                    lambda c: c.update(channels=7), lambda c: c["augment"].update(bogus=1)])
+def test_a_damaged_card_is_one_line(shards, tmp_path, capsys, change):
+    copy = shutil.copytree(shards, tmp_path / "sent")
+    card = json.loads((copy / "digits.json").read_text())
+    change(card)
+    (copy / "digits.json").write_text(json.dumps(card))
+    assert cli(argv(copy, tmp_path / "r")) == 2
+    assert "digits.json" in one_line(capsys)
