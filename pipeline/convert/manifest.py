@@ -1,12 +1,12 @@
 """make_shards' manifest (NAME.parquet): one row per written sample, from the plan's columns,
 written one row group at a time (docs/architecture.md section 8)."""
-import os
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pipeline import safe_io
 from pipeline.convert.columns import release_memory
 from pipeline.shardset import MANIFEST_SCHEMA
 
@@ -52,12 +52,10 @@ def manifest_table(parts: list[tuple]) -> pa.Table:
 
 
 def write_manifest(p, results: list[dict], path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with pq.ParquetWriter(tmp, MANIFEST_SCHEMA) as w:
+    with safe_io.temp_path(path) as tmp, pq.ParquetWriter(tmp, MANIFEST_SCHEMA) as w:
         for table in manifest_groups(p, results):
             w.write_table(table)
             release_memory()
-    os.replace(tmp, path)
 
 
 def repeated(values: list[str], sizes: list[int]) -> pa.Array:

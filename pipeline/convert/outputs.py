@@ -2,9 +2,10 @@
 manifest, the card written last, and an older conversion's shards removed."""
 import json
 import os
+import re
 from pathlib import Path
 
-from pipeline import shardset
+from pipeline import safe_io, shardset
 from pipeline.convert import sources
 from pipeline.convert.manifest import write_manifest
 from pipeline.convert.plan import Plan, card_options
@@ -45,9 +46,7 @@ def write_outputs(src, p: Plan, results: list[dict], args, fixes=None) -> dict:
         card["label_fixes"] = {"file": str(args.label_fixes), "sha256": fixes.sha256,
                                "relabelled": fixes.n_relabelled, "dropped": fixes.n_dropped, "kept": fixes.n_kept}
     write_manifest(p, results, args.out / f"{args.name}.parquet")
-    tmp = args.out / f"{args.name}.json.tmp"
-    tmp.write_text(json.dumps(card, indent=1) + "\n")
-    os.replace(tmp, args.out / f"{args.name}.json")   # the card last: it marks the set complete
+    safe_io.write_json(args.out / f"{args.name}.json", card)   # the card last: it marks the set complete
     return card
 
 
@@ -65,16 +64,31 @@ def remove_stale_shards(out: Path, name: str, card: dict) -> list[str]:
     stale = sorted(p.name for p in out.iterdir() if own(p.name) and p.name not in keep)
     for f in stale:
         (out / f).unlink()
+    remove_temporaries(out, name)
     return stale
+
+
+def remove_temporaries(out: Path, name: str) -> None:
+    """safe_io's temporaries of NAME's files (".NAME-000.tar.x1y2.tmp/", ".NAME.json.x1y2.tmp")
+    that a killed run or part left: the set is complete now, and verify_shards would name them."""
+    temp = re.compile(rf"\.{re.escape(name)}((-val|-test)?-[0-9]+\.(tar|idx)|\.json|\.parquet)\.\w+\.tmp")
+    for p in out.iterdir():
+        if temp.fullmatch(p.name) and p.is_symlink():
+            p.unlink()
+        elif temp.fullmatch(p.name):
+            safe_io.remove(p)
 
 
 def _listed_files(card: dict) -> set[str]:
     return {s.get("file") for sp in card.get("splits", {}).values() for s in sp.get("shards", [])}
 
 
+MAX_CARD = 256 << 20         # a card lists shards and skips: ~100 bytes a shard
+
+
 def _maybe_card(path: Path) -> dict:
     try:
-        card = json.loads(path.read_text())
+        card = json.loads(safe_io.read_capped(path, MAX_CARD, "card"))   # a planted FIFO must not hang
         return card if isinstance(card, dict) and isinstance(card.get("splits"), dict) else {}
     except (OSError, ValueError, AttributeError):
         return {}

@@ -2,22 +2,32 @@
 shard so that a killed conversion, or N machines each writing a part, end in the same bytes as
 one uninterrupted run (docs/architecture.md section 8)."""
 import json
-import os
 import re
-import shutil
-import tempfile
 from pathlib import Path
 
-from pipeline import shardset
+from pipeline import safe_io, shardset
 from pipeline.shards import DataError
+
+MAX_RECORD = 256 << 20       # a shard's record lists its skipped samples: ~200 bytes each
 
 
 def write_json_atomic(path: Path, obj) -> None:
-    """A unique temporary name: --part runs on several machines may write the same file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        f.write(json.dumps(obj, indent=1) + "\n")
-    os.replace(tmp, path)
+    """Through safe_io (a fresh name: --part runs on several machines may write the same file,
+    and a shared --out may hold links); a function of its own so tests can kill a run here."""
+    safe_io.write_json(path, obj)
+
+
+def check_record(rec, job: dict) -> bool:
+    """Whether a shard's record is what jobs.write_shard writes for `job`: read back into the
+    card and the manifest, so a count as text or a malformed skip must not get that far."""
+    def count(v):
+        return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+    return (isinstance(rec, dict) and rec.get("file") == job["file"] and rec.get("split") == job["split"]
+            and count(rec.get("count")) and (rec["count"] == 0 or isinstance(rec.get("first"), str))
+            and isinstance(rec.get("skipped"), list)
+            and all(isinstance(s, dict) and all(isinstance(s.get(k), str) for k in ("key", "source", "reason"))
+                    for s in rec["skipped"])
+            and isinstance(rec.get("skipped_index"), list) and all(count(i) for i in rec["skipped_index"]))
 
 
 def part_of(j: int, n: int) -> int:
@@ -40,10 +50,12 @@ class Progress:
     def open(self, fp: str, must_exist: bool) -> bool:
         """True when resuming. Refuses (DataError) another conversion's unfinished output."""
         plan_file = self.dir / "plan.json"
+        if self.dir.exists() or self.dir.is_symlink():
+            safe_io.out_dir(self.dir, "progress folder")     # a link would move the records elsewhere
         if plan_file.exists():
             try:
-                old = json.loads(plan_file.read_text()).get("fingerprint")
-            except (OSError, ValueError, AttributeError):
+                old = json.loads(safe_io.read_capped(plan_file, 1 << 20, "plan")).get("fingerprint")
+            except (ValueError, AttributeError):    # DataError too: a pipe, a device, too large
                 old = None
             if old != fp:
                 raise DataError(f"{self.dir} holds an unfinished conversion of other inputs or options: "
@@ -52,7 +64,7 @@ class Progress:
         if must_exist:
             raise DataError(f"--merge: nothing to merge in {self.out} "
                             f"(no {self.dir.name}/: run the --part commands first)")
-        (self.dir / "shards").mkdir(parents=True, exist_ok=True)
+        safe_io.out_dir(safe_io.out_dir(self.dir, "progress folder") / "shards", "progress folder")
         write_json_atomic(plan_file, {"fingerprint": fp})
         return False
 
@@ -61,10 +73,13 @@ class Progress:
         the record (sample count, first key): a kill after empty shards were dropped and later
         ones renamed (drop_empty_shards) leaves another shard's files under this name."""
         try:
-            rec = json.loads((self.dir / "shards" / f"{job['file']}.json").read_text())
-            with open(shardset.index_path(self.out / job["file"]), encoding="utf-8") as f:
+            rec = json.loads(safe_io.read_capped(self.dir / "shards" / f"{job['file']}.json", MAX_RECORD, "record"))
+            if not check_record(rec, job):
+                return None                           # damaged: the shard is written again
+            idx = safe_io.check_regular(shardset.index_path(self.out / job["file"]), MAX_RECORD, "index")
+            with open(idx, encoding="utf-8") as f:
                 index = shardset.parse_index(f.read(), strict=False)
-            ok = (rec["file"] == job["file"] and (self.out / job["file"]).exists()
+            ok = ((self.out / job["file"]).is_file()
                   and index.version == "v1.2" and index.declared == rec["count"]
                   and index.keys()[:1] == ([rec["first"]] if rec["count"] else []))
         except (OSError, ValueError, KeyError, TypeError):
@@ -84,7 +99,7 @@ class Progress:
         return ns.pop() if len(ns) == 1 else None
 
     def remove(self) -> None:
-        shutil.rmtree(self.dir, ignore_errors=True)
+        safe_io.remove(self.dir, missing_ok=True)
 
 
 def check_merge(jobs: list[dict], done: dict, progress: Progress) -> None:

@@ -2,6 +2,7 @@
 write the missing shards (or one --part of them), then the card and manifest (--merge)."""
 import sys
 
+from pipeline import safe_io
 from pipeline.convert import hf_parquet, sources, wds_adopt
 from pipeline.convert.columns import release_memory
 from pipeline.convert.jobs import run_jobs, start_workers
@@ -50,7 +51,7 @@ def convert_with(args, pool) -> tuple[dict | None, list[str]]:
         print(f"make_shards: note: {note}", file=sys.stderr)
     fixes = read_label_fixes(src, args)
     p = plan(src, args, fixes)
-    args.out.mkdir(parents=True, exist_ok=True)
+    safe_io.out_dir(args.out)
     progress = Progress(args.out, args.name)
     resuming = progress.open(fingerprint(p, args, fixes), must_exist=args.merge)
     release_memory()

@@ -16,12 +16,14 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
+from pipeline import safe_io
 from pipeline.records import make_key
 from pipeline.shards import DataError
 from pipeline.convert.columns import CHUNK, Records, as_records
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 SPLITS = ("train", "val", "test")
+MAX_TABLE = 64 << 30       # a source table: paths and labels, ~100 bytes a row
 
 
 @dataclass
@@ -285,11 +287,14 @@ def table(path: Path, val_fraction: float, seed: int, classes: list[str] | None 
     import pyarrow.parquet
     # a CSV's path column is text even when every name looks like a number ('0001' stays '0001')
     as_text = pyarrow.csv.ConvertOptions(column_types={"path": pyarrow.string()})
+    safe_io.check_regular(path, MAX_TABLE, "table")           # a FIFO would hang the read
     try:
-        t = (pyarrow.parquet.read_table(path) if path.suffix == ".parquet"
+        t = (pyarrow.parquet.read_table(path) if path.suffix.lower() == ".parquet"
              else pyarrow.csv.read_csv(path, convert_options=as_text))
     except (pyarrow.ArrowException, OSError) as e:
-        raise DataError(f"table {path}: cannot read it ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
+        # pyarrow's CSV errors end with the row's text ("got 1: <row>"): the file is not echoed
+        why = re.sub(r"(got \d+ ?\w*):.*", r"\1", str(e).splitlines()[0]) if str(e) else type(e).__name__
+        raise DataError(f"table {path}: cannot read it ({why})") from None
     for need in ("path", "label"):
         if need not in t.column_names:
             raise DataError(f"table {path}: missing column {need!r} (has {sorted(t.column_names)})")

@@ -156,7 +156,7 @@ def verify(folder: Path, name: str, workers: int = 1) -> tuple[list[str], str]:
     for p in sorted(folder.iterdir()):
         if shardset.is_shard_of(p.name, name) and p.name not in names:
             problems.append(f"{p.name}: a shard the card does not list")
-        if p.name.startswith(name) and p.name.endswith(".tmp"):
+        if p.name.lstrip(".").startswith(name) and p.name.endswith(".tmp"):   # safe_io's are ".NAME..."
             problems.append(f"{p.name}: an unfinished file (a killed make_shards run? re-run it)")
     counts = ", ".join(f"{s} {sp.get('count')}" for s, sp in card["splits"].items())
     summary = (f"{folder / name}: {len(listed)} shards, {counts} samples, {n_classes} classes; "

@@ -1,11 +1,11 @@
 """Deterministic, atomic shard writing: the same samples always give the same bytes, and a
-shard only carries its final name once it is complete (a killed job leaves `*.tmp` files)."""
+shard only carries its final name once it is complete (a killed job leaves `*.tmp` files).
+Written through pipeline/safe_io.py: a shared --out may hold links planted at any fixed name."""
 import io
-import os
 import tarfile
 from pathlib import Path
 
-from pipeline import shardset
+from pipeline import safe_io, shardset
 
 
 def _member(name: str, data: bytes) -> tuple[tarfile.TarInfo, io.BytesIO]:
@@ -21,19 +21,17 @@ def write_tar(path: Path, samples: list[dict[str, bytes]]) -> int:
     """Write `samples` (dicts of member name -> bytes) to `path` via a temporary name,
     then write DALI's index beside it. Returns the number of samples written."""
     path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f, tarfile.open(fileobj=f, mode="w", format=tarfile.USTAR_FORMAT, encoding="utf-8") as tar:
-        for sample in samples:
-            for name, data in sample.items():
-                tar.addfile(*_member(name, data))
-    write_dali_index(tmp, shardset.index_path(path))
-    os.replace(tmp, path)
+    with safe_io.temp_path(path) as tmp:
+        with open(tmp, "wb") as f, tarfile.open(fileobj=f, mode="w", format=tarfile.USTAR_FORMAT,
+                                                encoding="utf-8") as tar:
+            for sample in samples:
+                for name, data in sample.items():
+                    tar.addfile(*_member(name, data))
+        write_dali_index(tmp, shardset.index_path(path))     # the index first: a tar's name means complete
     return len(samples)
 
 
 def write_dali_index(tar_path: Path, idx_path: Path) -> None:
     """DALI's webdataset index of a written tar (its format: pipeline/shardset.py)."""
     text = shardset.index_text(tar_path)
-    tmp = Path(str(idx_path) + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, idx_path)
+    safe_io.write_text(idx_path, text)
