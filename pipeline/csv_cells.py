@@ -10,6 +10,7 @@ quote, and `restore` takes exactly one off. The review page's Export CSV does th
 import csv
 import io
 import re
+from pathlib import Path
 
 from pipeline import safe_io
 
@@ -39,3 +40,16 @@ def write_csv(path, columns: list[str], rows) -> None:
     for row in rows:
         w.writerow({k: neutralize(v) for k, v in row.items()})
     safe_io.write_text(path, buf.getvalue())
+
+
+def append_row(path, columns: list[str], row: dict) -> None:
+    """One row appended to a results table (its header first when the file is new), cells
+    neutralized, through safe_io.open_append (no link followed)."""
+    path = Path(path)
+    new = not path.exists()
+    safe_io.out_dir(path.parent, "results folder")
+    with safe_io.open_append(path) as f:
+        w = csv.DictWriter(f, columns)
+        if new:
+            w.writeheader()
+        w.writerow({k: neutralize(v) for k, v in row.items()})

@@ -163,3 +163,14 @@ def test_csv_cells_are_neutralized_and_restored_exactly(tmp_path):
     for a, row in zip(ATTACKS, rows):
         assert row["key"][:1] not in tuple(csv_cells.FORMULA_START), row   # a spreadsheet shows text
         assert csv_cells.restore(row["key"]) == a and row["n"] == "-3"      # numbers stay numbers
+
+
+def test_results_rows_are_appended_neutralized_and_never_through_a_link(tmp_path, victim):
+    csv_cells.append_row(tmp_path / "r" / "results.csv", ["method", "acc"], {"method": "=cmd()", "acc": 0.5})
+    csv_cells.append_row(tmp_path / "r" / "results.csv", ["method", "acc"], {"method": "ce", "acc": -0.5})
+    rows = list(csv.DictReader(io.StringIO((tmp_path / "r" / "results.csv").read_text())))
+    assert [r["method"] for r in rows] == ["'=cmd()", "ce"] and rows[1]["acc"] == "-0.5"
+    (tmp_path / "r" / "linked.csv").symlink_to(victim)
+    with pytest.raises(safe_io.OutputRefused):
+        csv_cells.append_row(tmp_path / "r" / "linked.csv", ["a"], {"a": 1})
+    assert victim.read_text() == "precious\n"

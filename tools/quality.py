@@ -25,6 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline import safe_io
+from pipeline.csv_cells import append_row
 from train.limit import cli as train_cli
 from train.runfolder import resume_args
 
@@ -110,13 +112,7 @@ def done(path: Path) -> set:
 
 
 def append(path: Path, row: dict) -> None:
-    new = not path.exists()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a", newline="") as f:
-        w = csv.DictWriter(f, COLUMNS)
-        if new:
-            w.writeheader()
-        w.writerow(row)
+    append_row(path, COLUMNS, row)
 
 
 # ---- the table ----
@@ -173,7 +169,7 @@ def figure(path: Path, out: Path) -> None:
     ax.set_ylabel("test accuracy at the best noisy-validation epoch")
     ax.legend(fontsize=7, ncol=len(METHODS))
     fig.tight_layout()
-    fig.savefig(out, dpi=110)
+    safe_io.savefig(fig, out, dpi=110)
 
 
 def main(argv=None) -> int:

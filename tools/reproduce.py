@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.csv_cells import append_row
 from train.limit import cli as train_cli
 from train.runfolder import resume_args
 
@@ -125,13 +126,7 @@ def done_cells(path: Path) -> set:
 
 def append(path: Path, row: dict, columns: list[str] = COLUMNS) -> None:
     """One result row; the header with the file's first row."""
-    new = not path.exists()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a", newline="") as f:
-        w = csv.DictWriter(f, columns)
-        if new:
-            w.writeheader()
-        w.writerow(row)
+    append_row(path, columns, row)
 
 
 def run_cell(method, p, n, seed, args) -> dict:

@@ -30,6 +30,7 @@ import pyarrow.parquet as pq
 from tools import reproduce
 from tools.reproduce import cell_args, detection_auc
 from tools.review.study import oracle_fixes, pick, reviewer_stats
+from pipeline import safe_io
 from train.limit import cli as train_cli
 from train.runfolder import resume_args
 
@@ -146,8 +147,7 @@ def plot(path: Path, out: Path) -> None:
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=120)
+    safe_io.savefig(fig, safe_io.out_dir(out.parent) / out.name, dpi=120)
 
 
 def main(argv=None) -> int:
