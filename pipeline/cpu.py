@@ -14,7 +14,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from webdataset.gopen import gopen
 
-from pipeline import augment, records, shards, shardset, tario
+from pipeline import augment, records, remote, shards, shardset, tario
 from pipeline.batch import Tagged
 from pipeline.shards import for_worker
 from pipeline.tario import iter_tar
@@ -175,6 +175,8 @@ def _open(url: str, seekable: bool):
     reading through, and pipe: and remote URLs, go through webdataset's gopen."""
     if seekable and not shards.has_scheme(url):
         return open(shards.shard_path(url), "rb", buffering=0)
+    if remote.is_object_url(url):          # s3://, gs://: a library (fsspec), never a shell
+        return remote.open_url(url)
     return gopen(url, "rb")
 
 

@@ -45,16 +45,18 @@ def load_classifier(cfg, ckpt: Path, n_classes: int, in_chans: int):
 
 def dataset(cfg, opts: Options):
     """(card, card path, shard URLs or None): the shards to predict on, or the card that names
-    the classes and normalization for --images."""
+    the classes and normalization for --images. Shard patterns are passed to resolve() as the
+    val and test shards too, so the card's other splits, which prediction never reads (and
+    which are not local when the shards are in a bucket), are not looked up."""
     if opts.data:
-        ds = data.resolve(opts.data, trust=opts.trust_urls)
         folder = len(opts.data) == 1 and Path(opts.data[0]).is_dir()
+        ds = data.resolve(*(opts.data,) * (1 if folder else 3), trust=opts.trust_urls)
         if folder and opts.split not in ds.urls:
             raise DataError(f"--data {opts.data[0]}: the dataset has no {opts.split!r} split")
         return ds.card, ds.card_path, ds.urls[opts.split] if folder else ds.urls["train"]
     if opts.card:
         return read_card(Path(opts.card)), Path(opts.card), None
-    ds = data.resolve(cfg.data, trust=opts.trust_urls)       # the run's own card
+    ds = data.resolve(cfg.data, cfg.data, cfg.data, trust=opts.trust_urls)   # the run's own card
     return ds.card, ds.card_path, None
 
 
