@@ -116,7 +116,7 @@ def open_image(data: bytes) -> Image.Image:
 def decode(data: bytes | Image.Image, spec: AugSpec, shrink_to: int = 0) -> Image.Image:
     """Decode to the spec's mode. For JPEGs, `draft` lets libjpeg decode at 1/2, 1/4 or 1/8
     scale directly (DCT-domain scaling), as long as the shorter side stays >= shrink_to:
-    ~1.4x faster decodes when the crop is smaller than the image (docs/architecture.md section 5)."""
+    ~1.4x faster decodes when the crop is smaller than the image (BENCHMARKS.md, CPU-2 decode pipelines)."""
     img = open_image(data) if isinstance(data, bytes) else data
     mode = "L" if spec.channels == 1 else "RGB"
     if shrink_to and img.format == "JPEG":

@@ -333,10 +333,10 @@ class DaliStream:
     randomness is a function of (seed, rank) and of the epochs read before, so a resumed
     run is exact only with the CPU backend."""
 
-    def __init__(self, urls, spec: ReadSpec, n_classes: int, workers: int, rank: int = 0, keep=None):
+    def __init__(self, urls, spec: ReadSpec, n_classes: int, workers: int, rank: int = 0):
         if not dali_available():
             raise DataError(INSTALL)
-        self.spec, self.n_classes, self.keep, self.it = spec, n_classes, keep, None
+        self.spec, self.n_classes, self.it = spec, n_classes, None
         self.skips, self.mine, self.drops = [], [], set()
         for url in urls:
             path = _local(url)
@@ -366,8 +366,9 @@ class DaliStream:
         self.seed = zlib.crc32(f"{spec.seed}-{rank}".encode()) & 0x7FFFFFFF
         self.threads = max(1, workers)
 
-    def __call__(self, epoch: int = 0):
-        """(images, labels, clean, index, skipped) batches of one epoch."""
+    def __call__(self, epoch: int = 0, keep=None):
+        """(images, labels, clean, index, skipped) batches of one epoch; `keep`: this epoch's
+        subset mask by global index (None: all), applied after decoding."""
         skips = list(self.skips)          # per-shard problems found in the indexes, every epoch
         if not self.mine:
             yield from _rebatch([], self.spec.batch_size, skips)
@@ -378,7 +379,7 @@ class DaliStream:
             else:
                 self.it.reset()
             seen = SeenIndices(self.num_indices)
-            parts = (_parse(out[0], self.n_classes, self.keep, skips, self.drops, seen) for out in self.it)
+            parts = (_parse(out[0], self.n_classes, keep, skips, self.drops, seen) for out in self.it)
             yield from _rebatch(parts, self.spec.batch_size, skips)
         except RuntimeError as e:
             self.it = None
@@ -396,4 +397,4 @@ class DaliStream:
 def dali_batches(urls, spec: ReadSpec, n_classes: int, epoch: int, workers: int, rank: int = 0,
                  keep=None):
     """One epoch from a fresh DaliStream (tests and one-off reads); the Loader keeps its stream."""
-    yield from DaliStream(urls, spec, n_classes, workers, rank, keep)(epoch)
+    yield from DaliStream(urls, spec, n_classes, workers, rank)(epoch, keep)

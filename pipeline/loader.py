@@ -4,19 +4,17 @@ ever sees `loader(epoch)`."""
 from collections import deque
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Iterator, Protocol
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute  # noqa: F401  (pa.compute)
 import pyarrow.parquet as pq
-import torch
 
 
-from pipeline import shards
+from pipeline import backends, shards
 from pipeline.augment import AugSpec, card_spec_problem, spec_from_card  # noqa: F401  (re-exported for callers)
-from pipeline.batch import Batch, Tagged
-from pipeline.cpu import ReadSpec, cpu_batches
+from pipeline.batch import Batch
+from pipeline.cpu import ReadSpec
 from pipeline.noise import FixedLabels, NoiseTable, parse_noise, transition_matrix
 from pipeline.selection import Balanced, Selection, Subset, TrainRows
 from pipeline.shards import DataError, Part
@@ -78,18 +76,6 @@ def _flagged(flag: str, fn, *args):
         raise DataError(f"{flag}: {e}") from None
 
 
-def choose_backend(name: str) -> tuple[str, str]:
-    """-> (backend, why). auto: DALI when it can decode on a GPU, else the CPU workers."""
-    from pipeline import dali
-    if name == "dali" and not dali.dali_available():
-        raise DataError(dali.INSTALL)
-    if name == "auto":
-        if dali.gpu_decode_available():
-            return "dali", "auto: DALI with GPU (mixed) decoding"
-        return "cpu", "auto: CPU workers (" + ("no GPU" if dali.dali_available() else "DALI not installed") + ")"
-    return name, name
-
-
 def selection(ds: Dataset, n: int = 0, balance: int = 0, seed: int = 0, noise=None, drop=()) -> Selection:
     """The train samples each epoch reads (pipeline/selection.py): all, a seeded subset of n
     (--max-train-samples), less a reviewer's drops (--label-fixes), class-balanced draws of
@@ -108,19 +94,6 @@ def selection(ds: Dataset, n: int = 0, balance: int = 0, seed: int = 0, noise=No
     if balance:
         return Balanced(rows, total, len(ds.classes), balance, seed, noise, within=mask)
     return Subset(rows, total, 0, 0, fixed=mask)
-
-
-def subset_mask(ds: Dataset, n: int, seed: int) -> np.ndarray | None:
-    """A seeded choice of n train samples (by global index, from the manifest), so the same
-    subset is read by every backend, rank and resume; None for n = 0."""
-    return selection(ds, n, seed=seed).mask(0) if n else None
-
-
-def _as_selection(keep, ds: Dataset) -> Selection:
-    """A Selection from what callers hold: one, a fixed mask (subset_mask's), or None."""
-    if keep is None or isinstance(keep, Selection):
-        return keep or Selection()
-    return Subset(TrainRows.read(ds.card_path.with_suffix(".parquet")), len(keep), 0, 0, fixed=keep)
 
 
 def worker_batches(n: int, batch_size: int) -> int:
@@ -168,7 +141,7 @@ class Loader:
         self.urls, self.spec, self.n_classes, self.workers = urls, spec, n_classes, workers
         self.noise, self.select, self.part, self.backend = noise, select or Selection(), part, backend
         self.card_sizes = sizes or {}               # the card's samples per shard
-        self._backend: Backend = (DaliBackend if backend == "dali" else CpuBackend)(spec, n_classes, workers, part.rank)
+        self._backend: backends.Backend = backends.make(backend, spec, n_classes, workers, part.rank)
         # an eval split has no augmentation and a fixed order: with `cache`, its decoded batches
         # from the first full pass are replayed in later epochs (small sets: decoding, not the
         # model, was half of MNIST's evaluation time)
@@ -192,18 +165,17 @@ class Loader:
         return self.select.sizes(epoch) or self.card_sizes
 
     def shard_order(self, epoch: int) -> list[str]:
-        """The order the shards are split over ranks in. The CPU backend re-splits every epoch;
-        a DALI pipeline is built once over its rank's shards (a build costs about a second) and
-        shuffles inside them, so for DALI the split of epoch 0 holds for every epoch, and
-        steps() must count that split, not one it does not read."""
-        return shards.epoch_order(self.urls, self.spec.seed, 0 if self.backend == "dali" else epoch,
+        """The order the shards are split over ranks in: this epoch's, or epoch 0's for every
+        epoch where the backend's split is fixed (a DALI pipeline is built once over its rank's
+        shards), so that steps() counts the split the backend reads."""
+        return shards.epoch_order(self.urls, self.spec.seed, 0 if self._backend.fixed_split else epoch,
                                   shuffle=self.spec.train)
 
     def steps(self, epoch: int) -> int:
         """Batches every rank yields this epoch: the most any rank has, so that all ranks take
         the same number of DDP steps (a rank that runs dry would hang the others)."""
         order = self.shard_order(epoch)
-        w = 1 if self.backend == "dali" else max(1, self.workers)   # DALI: one stream per rank
+        w = self._backend.streams
         sizes = self.sizes(epoch)
         per_rank = [sum(worker_batches(sum(sizes.get(shards.shard_name(u), 0) for u in shards.for_worker(mine, i, w)),
                                        self.spec.batch_size) for i in range(w))
@@ -260,46 +232,6 @@ class Loader:
             yield Batch(t.images, given, t.clean, t.index, t.skipped, position=dict(self.position))
 
 
-# ---- backends: one protocol, pipeline.batch.Tagged out ----
-class Backend(Protocol):
-    streams: int                    # how many numbered streams its batches come in
-
-    def __call__(self, epoch: int, urls: list[str], mask: np.ndarray | None, wanted: dict | None,
-                 skip: dict) -> Iterator[Tagged]:
-        """This rank's batches of `urls` for `epoch`: samples outside `mask` left out, only the
-        `wanted` keys read where the backend can, the first skip[stream] batches passed over."""
-
-
-class CpuBackend:
-    """DataLoader workers decoding with PIL (pipeline/cpu.py): one stream per worker."""
-
-    def __init__(self, spec: ReadSpec, n_classes: int, workers: int, rank: int):
-        self.spec, self.n_classes, self.workers, self.rank = spec, n_classes, workers, rank
-        self.streams = max(1, workers)
-
-    def __call__(self, epoch, urls, mask, wanted, skip):
-        return cpu_batches(urls, self.spec, self.n_classes, epoch, self.workers, self.rank, mask,
-                           skip=skip, wanted=wanted)
-
-
-class DaliBackend:
-    """One DALI pipeline for the whole run (pipeline/dali.py), built on first use over the
-    shards of the loader's shard_order (a build costs about a second); one stream. It reads
-    whole shards: `mask` is applied after decoding, `wanted` is not used."""
-    streams = 1
-
-    def __init__(self, spec: ReadSpec, n_classes: int, workers: int, rank: int):
-        self.spec, self.n_classes, self.workers, self.rank, self.stream = spec, n_classes, workers, rank, None
-
-    def __call__(self, epoch, urls, mask, wanted, skip):
-        if self.stream is None:
-            from pipeline.dali import DaliStream
-            self.stream = DaliStream(urls, self.spec, self.n_classes, self.workers, self.rank)
-        self.stream.keep = mask
-        first = skip.get(0, 0)
-        return (Tagged(*b, 0, n) for n, b in enumerate(self.stream(epoch)) if n >= first)
-
-
 def round_robin(tagged, streams: int):
     """Put Tagged batches in one fixed order, n-major then stream (what the DataLoader does
     for a fresh epoch), whatever the order they arrive in: after a resume, workers start at
@@ -322,16 +254,61 @@ def round_robin(tagged, streams: int):
 def build_loaders(ds: Dataset, aug: AugSpec, *, batch_size: int, workers: int, seed: int,
                   noise: NoiseTable, keep, part: Part = Part(), backend: str = "cpu",
                   cache_eval: bool = False) -> dict[str, Loader]:
-    """keep: the train Selection (selection()), a fixed subset mask or None (all).
+    """keep: the train Selection (selection()) or None (all).
     cache_eval: val and test keep their decoded batches in RAM after the first epoch."""
-    loaders, sizes, select = {}, shards.shard_counts(ds.card), _as_selection(keep, ds)
+    loaders, sizes = {}, shards.shard_counts(ds.card)
     for split, urls in ds.urls.items():
         train = split == "train"
         spec = ReadSpec(aug, train=train, batch_size=batch_size, seed=seed)
         loaders[split] = Loader(urls, spec, len(ds.classes), workers=workers,
                                 noise=None if split == "test" else noise,
-                                select=select if train else None, part=part, backend=backend, sizes=sizes,
+                                select=keep if train else None, part=part, backend=backend, sizes=sizes,
                                 cache=cache_eval)
     return loaders
 
 
+@dataclass
+class RunData:
+    """What a run reads, set up once (run_data): the trainer's and the scorer's are the same
+    given labels, selection and shards."""
+    ds: Dataset
+    aug: AugSpec
+    noise: NoiseTable | FixedLabels     # the given labels: --noise, then --label-fixes
+    fixes: object | None                # the read --label-fixes (pipeline.fixes), or None
+    select: Selection                   # the train samples each epoch reads
+    loaders: dict[str, Loader]
+    backend_note: str                   # which backend and why (--backend auto)
+
+    def count(self, split: str) -> int | None:
+        """Samples one pass over `split` reads: the card's count, the selection's for train
+        (None when the card does not count the split)."""
+        n = self.ds.card["splits"].get(split, {}).get("count")
+        return self.select.count(0, n) if split == "train" and n is not None else n
+
+
+def run_data(ds: Dataset, run, *, part: Part = Part(), scoring: str = "", batch_size: int = 0,
+             workers: int | None = None) -> RunData:
+    """The data of a run over the resolved `ds`, from `run`'s data fields (a train.config.Config:
+    image_size, augment, noise, noise_pairs, noise_seed, label_fixes, max_train_samples,
+    balance, seed, batch_size, workers, backend, cache_eval). Training (scoring=""): a loader
+    per split, train augmented with the run's balanced draws. Scoring (scoring=SPLIT,
+    tools/review/ranking.py): that split alone, eval transforms in order, with its given labels
+    (test's too), the run's subset less its drops but no balanced draws (every sample it could
+    train on is scored), on the CPU workers; batch_size and workers, when given, replace the
+    run's."""
+    if scoring and scoring not in ds.urls:
+        raise DataError(f"the dataset has no {scoring!r} split")
+    aug = spec_from_card(ds.card, run.image_size, "" if scoring else run.augment)
+    noise, fixes = given_labels(ds, run.noise, run.noise_pairs, run.noise_seed, run.label_fixes)
+    select = selection(ds, run.max_train_samples, 0 if scoring else run.balance, run.seed, noise,
+                       fixes.drop if fixes else ())
+    workers = run.workers if workers is None else workers
+    if not scoring:
+        backend, note = backends.choose(run.backend)
+        loaders = build_loaders(ds, aug, batch_size=batch_size or run.batch_size, workers=workers, seed=run.seed,
+                                noise=noise, keep=select, part=part, backend=backend, cache_eval=run.cache_eval)
+        return RunData(ds, aug, noise, fixes, select, loaders, note)
+    spec = ReadSpec(aug, train=False, batch_size=batch_size or run.batch_size, seed=run.seed)
+    ld = Loader(ds.urls[scoring], spec, len(ds.classes), workers=workers, noise=noise,
+                select=select if scoring == "train" else None, part=part)
+    return RunData(ds, aug, noise, fixes, select, {scoring: ld}, "cpu")

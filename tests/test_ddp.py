@@ -33,7 +33,7 @@ def rank_batches(ds, rank, world, workers, keep=None, epoch=0, batch_size=32):
 @pytest.mark.parametrize("world, workers", [(2, 2), (3, 1), (2, 0)])
 def test_ranks_cover_the_split_once_and_step_together(uneven_shards, world, workers):
     ds = data.resolve([str(uneven_shards)])
-    for keep in (None, data.subset_mask(ds, 500, seed=1)):
+    for keep in (None, data.selection(ds, 500, seed=1)):
         seen, steps = [], set()
         for rank in range(world):
             batches, planned = rank_batches(ds, rank, world, workers, keep)

@@ -110,12 +110,13 @@ def test_pair_and_matrix_noise(tmp_path):
 
 def test_subset_is_seeded_and_read_exactly(digit_shards):
     ds = data.resolve([str(digit_shards)])
-    keep = data.subset_mask(ds, 100, seed=5)
-    assert keep.sum() == 100 and np.array_equal(keep, data.subset_mask(ds, 100, seed=5))
-    _, index, _, _ = read_epoch(ds, keep=keep)
+    select = data.selection(ds, 100, seed=5)
+    keep = select.mask(0)
+    assert keep.sum() == 100 and np.array_equal(keep, data.selection(ds, 100, seed=5).mask(0))
+    _, index, _, _ = read_epoch(ds, keep=select)
     assert sorted(index.tolist()) == np.flatnonzero(keep).tolist()
     with pytest.raises(shards.DataError, match="exceeds"):
-        data.subset_mask(ds, 10**6, 0)
+        data.selection(ds, 10**6, seed=0)
 
 
 def test_tar_reader_matches_tarfile_and_detects_truncation():

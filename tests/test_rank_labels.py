@@ -96,7 +96,7 @@ def test_parquet_schema_rows_and_given_labels(ranked, shards):
     t = f.read().to_pydict()
     # the same subset and the same noisy labels the run trained on
     ds = data.resolve([str(shards / "digits-{000..007}.tar")])
-    keep = data.subset_mask(ds, 600, 0)
+    keep = data.selection(ds, 600, seed=0).mask(0)
     assert f.metadata.num_rows == 600 and sorted(t["index"]) == np.flatnonzero(keep).tolist()
     m = pq.read_table(shards / "digits.parquet", columns=["key", "shard", "index", "clean_label"]).to_pydict()
     manifest = {i: (k, s, c) for k, s, i, c in zip(m["key"], m["shard"], m["index"], m["clean_label"])}

@@ -84,7 +84,10 @@ def test_predictor_warmup_holds_the_classifier_and_trains_the_predictor():
     from train.loop import Run
     from train.objectives import make_objective
     from train.setup import build_model, build_optimizer
-    from train.step import synthetic_batch, train_step
+    from pipeline.augment import AugSpec
+    from pipeline.backends import synthetic_batch
+    from pipeline.cpu import ReadSpec
+    from train.step import train_step
 
     torch.manual_seed(0)
     cfg = Config(data=["synthetic"], model="mnist_cnn", method="limit", predictor="head", predictor_warmup=1.0)
@@ -95,7 +98,8 @@ def test_predictor_warmup_holds_the_classifier_and_trains_the_predictor():
               out=Path("."))
     weights = lambda m: torch.cat([p.detach().flatten().clone() for p in m.parameters()])  # noqa: E731
     clf, pred = weights(net.classifier), weights(net.predictor)
-    batch = synthetic_batch(8, 1, 28, 10, acc.device, channels_last=False)
+    spec = ReadSpec(AugSpec(size=28, channels=1), train=True, batch_size=8)
+    batch = synthetic_batch(spec, 10, acc.device, (0.5,), (0.5,), channels_last=False)
     for _ in range(3):                                  # the first epoch: the predictor alone
         train_step(run, batch)
     assert torch.equal(weights(net.classifier), clf) and not torch.equal(weights(net.predictor), pred)

@@ -13,7 +13,10 @@ Default mode: one generated set (tools/synth_images.py, cached under --work) rea
   c_dali     the DALI backend (GPU "mixed" decoding when CUDA is present, else CPU)
 all with the same workers (DALI: threads) and batch size, one warm-up pass each, then --repeats
 interleaved rounds (a, b, b_r256, c, a, ...), so load drift hits all alike. A pass is one epoch
-(worker start-up included) over the set read --pass-repeat times. img/s: median, min-max, ratio to a.
+over the set read --pass-repeat times. Both sides are measured warm: a keeps its DataLoader
+workers across passes (persistent_workers), the shard sources start theirs once per pass, so
+each pass's start-up (the time to its first batch: worker start-up plus that batch's own work,
+an upper bound) is printed as a share of the pass: raise --pass-repeat until it is under 5%. img/s: median, min-max, ratio to a.
 --gpu (count 4000, workers = all cores, batch 256, pass-repeat 2) adds ResNet-50 training steps
 (bf16 autocast, channels_last, SGD, 14 classes, --method ce) fed by each loader for --steps steps,
 with data_wait_frac = host time blocked on the next batch / total (an upper bound on the GPU's idle
@@ -39,6 +42,9 @@ import torch  # noqa: E402
 import torchvision  # noqa: E402
 
 from pipeline import dali, loader  # noqa: E402
+from pipeline.augment import AugSpec  # noqa: E402
+from pipeline.backends import synthetic_batch  # noqa: E402
+from pipeline.cpu import ReadSpec  # noqa: E402
 from tools.bench_shards import make_images, shard  # noqa: E402
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -80,11 +86,13 @@ def baseline_source(tree: Path, args, repeat: int = 1):
     tf = t.Compose([t.RandomResizedCrop(args.image_size), t.RandomHorizontalFlip(), t.ToTensor()])
     ds = torchvision.datasets.ImageFolder(str(tree), tf)
 
+    sampler = torch.utils.data.RandomSampler(ds, num_samples=len(ds) * repeat, generator=torch.Generator().manual_seed(0))
+    # built once, its workers kept between passes: the warm-up pass pays their start-up, timed passes do not
+    dl = torch.utils.data.DataLoader(ds, batch_size=args.batch_size, sampler=sampler, num_workers=args.workers,
+                                     pin_memory=torch.cuda.is_available(), persistent_workers=args.workers > 0)
+
     def epoch(e: int):
-        sampler = torch.utils.data.RandomSampler(ds, num_samples=len(ds) * repeat,
-                                                 generator=torch.Generator().manual_seed(e))
-        yield from torch.utils.data.DataLoader(ds, batch_size=args.batch_size, sampler=sampler,
-                                               num_workers=args.workers, pin_memory=torch.cuda.is_available())
+        yield from dl
     return epoch
 
 
@@ -113,12 +121,16 @@ def sync() -> None:
     torch.cuda.synchronize() if torch.cuda.is_available() else None   # DALI "mixed" gives GPU tensors
 
 
-def one_pass(source, epoch: int) -> float:
-    start, n = time.perf_counter(), 0
+def one_pass(source, epoch: int) -> tuple[float, float]:
+    """-> (img/s, the share of the pass spent before its first batch: worker start-up plus one
+    batch's work, an upper bound on the start-up)."""
+    start, n, first = time.perf_counter(), 0, None
     for _, labels in source(epoch):
+        first = time.perf_counter() if first is None else first
         n += len(labels)
     sync()
-    return n / (time.perf_counter() - start)
+    total = time.perf_counter() - start
+    return n / total, ((first or start) - start) / total
 
 
 def measure(srcs: dict, repeats: int, log) -> dict:
@@ -128,13 +140,14 @@ def measure(srcs: dict, repeats: int, log) -> dict:
     for r in range(repeats + 1):
         for name, src in (kv for kv in srcs.items() if isinstance(rates[kv[0]], list)):
             try:
-                rate = one_pass(src, r)
+                rate, startup = one_pass(src, r)
             except Exception as e:  # noqa: BLE001  (reported, not hidden)
                 rates[name] = failed(name, e, log)
                 continue
-            log(f"  round {r}{' (warm-up)' if r == 0 else ''} {name:<7} {rate:8.1f} img/s")
+            log(f"  round {r}{' (warm-up)' if r == 0 else ''} {name:<7} {rate:8.1f} img/s  "
+                f"start-up {100 * startup:4.1f}% of the pass")
             if r:
-                rates[name].append(rate)
+                rates[name].append((rate, startup))
     return rates
 
 
@@ -144,12 +157,14 @@ def failed(name: str, e: Exception, log) -> str:
     return msg
 
 
-def summary(rates: list[float] | str, base: float | None = None) -> dict:
-    if isinstance(rates, str):
-        return {"error": rates}
+def summary(runs: list[tuple[float, float]] | str, base: float | None = None) -> dict:
+    if isinstance(runs, str):
+        return {"error": runs}
+    rates = [r for r, _ in runs]
     med = statistics.median(rates)
     out = {"images_per_s": round(med, 1), "min": round(min(rates), 1), "max": round(max(rates), 1),
-           "spread_pct": round(100 * (max(rates) - min(rates)) / med, 1), "runs": [round(x, 1) for x in rates]}
+           "spread_pct": round(100 * (max(rates) - min(rates)) / med, 1), "runs": [round(x, 1) for x in rates],
+           "startup_pct": round(100 * statistics.median(s for _, s in runs), 1)}
     return {**out, "ratio_to_a": round(med / base, 2)} if base else out
 
 
@@ -200,10 +215,10 @@ def timed_steps(step, batches, warmup: int, steps: int, device) -> dict:
 
 def bench_steps(tree, dirs, args, device, log) -> dict:
     step = make_step(args, device)
-    x = torch.randn(args.batch_size, 3, args.image_size, args.image_size, device=device)
-    y = torch.randint(0, 14, (args.batch_size,), device=device)
-    out = {"model_alone": timed_steps(step, itertools.repeat((x.contiguous(memory_format=torch.channels_last), y)),
-                                      args.warmup_steps, args.steps, device)}
+    spec = ReadSpec(AugSpec(size=args.image_size), train=True, batch_size=args.batch_size)
+    b = synthetic_batch(spec, 14, device, MEAN, STD)              # the synthetic backend: no data read
+    out = {"model_alone": timed_steps(step, itertools.repeat((b.images, b.labels)), args.warmup_steps, args.steps,
+                                      device)}
     log(f"  model alone        {out['model_alone']['images_per_s']:8.1f} img/s")
     need = (args.warmup_steps + args.steps + args.workers) * args.batch_size
     for name, src in sources(tree, dirs, args, math.ceil(need / args.count) + 1).items():
@@ -230,7 +245,7 @@ def compare(args, log) -> dict:
     tree, dirs = make_set(args.work, args.count, args.workers)
     log(f"set: {args.count} JPEGs in {tree}, shards in {dirs['orig'].parent} ({time.perf_counter() - start:.0f} s)")
     rates = measure(sources(tree, dirs, args, args.pass_repeat), args.repeats, log)
-    base = statistics.median(rates["a"]) if isinstance(rates["a"], list) else None
+    base = statistics.median(r for r, _ in rates["a"]) if isinstance(rates["a"], list) else None
     res = {"pipeline": {k: summary(v, base) for k, v in rates.items()},
            "dali_decode": "gpu" if dali.gpu_decode_available() else "cpu"}
     if args.gpu:
@@ -245,7 +260,8 @@ def print_table(res: dict, args) -> None:
     for name, r in res["pipeline"].items():
         print(f"  {name:<7} FAILED {r['error']}" if "error" in r else
               f"  {name:<7} {r['images_per_s']:8.1f} img/s  ({r['min']:.1f}-{r['max']:.1f}, "
-              f"spread {r['spread_pct']:.1f}%)  x{r.get('ratio_to_a', math.nan):.2f} of a")
+              f"spread {r['spread_pct']:.1f}%, start-up {r['startup_pct']:.1f}% of a pass)  "
+              f"x{r.get('ratio_to_a', math.nan):.2f} of a")
 
 
 def parse_args(argv=None):

@@ -19,12 +19,15 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
 
+from pipeline.augment import AugSpec  # noqa: E402
+from pipeline.backends import synthetic_batch  # noqa: E402
+from pipeline.cpu import ReadSpec  # noqa: E402
 from train.config import Config  # noqa: E402
 from train.loop import Run  # noqa: E402
 from train.metrics import Meter  # noqa: E402
 from train.objectives import make_objective  # noqa: E402
 from train.setup import build_model, build_optimizer  # noqa: E402
-from train.step import synthetic_batch, train_step  # noqa: E402
+from train.step import train_step  # noqa: E402
 
 METHODS = {"ce": dict(method="ce"), "limit": dict(method="limit", predictor="network"),
            "limit-head": dict(method="limit", predictor="head")}
@@ -44,7 +47,8 @@ def make_run(accelerator, model: str, method: str, classes: int = 14, channels: 
 def time_method(name, args, accelerator) -> list[float]:
     run = make_run(accelerator, args.model, name, args.classes)
     device = accelerator.device
-    batch = synthetic_batch(args.batch_size, 3, args.image_size, args.classes, device)
+    spec = ReadSpec(AugSpec(size=args.image_size), train=True, batch_size=args.batch_size)
+    batch = synthetic_batch(spec, args.classes, device, (0.5,) * 3, (0.5,) * 3)   # the model's cost alone
     meter, times = Meter(device), []
     for i in range(args.warmup + args.steps):
         start = time.perf_counter()

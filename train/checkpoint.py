@@ -1,6 +1,7 @@
 """Checkpoints as folders: model.safetensors (the classifier's plain state dict, loadable by
 `timm.create_model(name, num_classes=K, checkpoint_path=FILE)`), predictor.safetensors,
-train_state.pt (optimizer, RNG, position; loaded with weights_only=True) and meta.json.
+train_state.pt (optimizer, torch/Python/CUDA RNG states; loaded with weights_only=True) and
+meta.json (epoch, step, best, the meter and, mid-epoch, each rank's data position).
 A folder is written under a temporary name and swapped in, so a kill never leaves a
 half-written checkpoint under a final name."""
 import json

@@ -69,15 +69,9 @@ def train(cfg, acc, out: Path, given: set) -> int:
     # ---- data ----
     ds = data.resolve(cfg.data, cfg.val_data, cfg.test_data, cfg.trust_urls)
     recipe = apply_recipe(cfg, ds.card, given)    # --recipe auto (RESULTS.md, "Tuning")
-    aug = data.spec_from_card(ds.card, cfg.image_size, cfg.augment)
-    part = Part(acc.process_index, acc.num_processes)
-    backend, backend_note = data.choose_backend(cfg.backend)
-    noise, fixes = data.given_labels(ds, cfg.noise, cfg.noise_pairs, cfg.noise_seed, cfg.label_fixes)
-    select = data.selection(ds, cfg.max_train_samples, cfg.balance, cfg.seed, noise, fixes.drop if fixes else ())
-    loaders = data.build_loaders(ds, aug, batch_size=cfg.batch_size, workers=cfg.workers, seed=cfg.seed,
-                                 noise=noise, keep=select, part=part, backend=backend,
-                                 cache_eval=cfg.cache_eval)
-    n_train = select.count(0, ds.card["splits"]["train"]["count"])
+    rd = data.run_data(ds, cfg, part=Part(acc.process_index, acc.num_processes))   # as rank_labels reads it
+    aug, noise, fixes, loaders, backend_note = rd.aug, rd.noise, rd.fixes, rd.loaders, rd.backend_note
+    n_train = rd.count("train")
     steps = math.ceil(n_train / (cfg.batch_size * acc.num_processes))
     # ---- model ----
     model = setup.build_model(cfg, len(ds.classes), aug.channels)

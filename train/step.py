@@ -2,8 +2,6 @@
 (tools/bench_step.py, tools/bench_pipeline.py) call it, so what is timed is what trains:
 the learning-rate schedule, autocast, the fused forward, the objective, Accelerate's backward,
 clipping, the optimizer, the EMA and the device-side meter (docs/architecture.md section 2)."""
-import torch
-
 from pipeline.batch import Batch
 from train.setup import lr_at
 
@@ -34,12 +32,3 @@ def train_step(run, b: Batch, meter=None) -> dict:
     run.step += 1
     return stats
 
-
-def synthetic_batch(batch_size: int, channels: int, size: int, classes: int, device,
-                    channels_last: bool = True) -> Batch:
-    """A normalized on-device batch for the step benchmarks (the model's cost alone)."""
-    x = torch.randn(batch_size, channels, size, size, device=device)
-    if channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
-    y = torch.randint(0, classes, (batch_size,), device=device)
-    return Batch(x, y, torch.full_like(y, -1), torch.arange(batch_size, device=device))

@@ -10,7 +10,6 @@ import torch
 from pipeline import loader as data, safe_io
 from pipeline.batch import to_device
 from pipeline.progress import bar as progress_bar
-from pipeline.cpu import ReadSpec
 from pipeline.shards import DataError, Part, check_file_url
 from tools.review.detection import detection_summary
 from tools.review.noise_matrix import noise_report
@@ -63,21 +62,10 @@ def saved_config(path: Path, trust: bool) -> config.Config:
 
 
 def build_loader(cfg, args, part: Part):
+    """(dataset, aug, loader, samples) of the split to score, read as the run read it."""
     ds = data.resolve(cfg.data, cfg.val_data, cfg.test_data, args.trust_urls)
-    if args.split not in ds.urls:
-        raise DataError(f"the dataset has no {args.split!r} split")
-    aug = data.spec_from_card(ds.card, cfg.image_size)
-    noise, fixes = data.given_labels(ds, cfg.noise, cfg.noise_pairs, cfg.noise_seed, cfg.label_fixes)
-    # the run's subset less its drops (not its balanced draws: every sample it could train on is scored)
-    select = (data.selection(ds, cfg.max_train_samples, 0, cfg.seed, noise, fixes.drop if fixes else ())
-              if args.split == "train" else None)
-    spec = ReadSpec(aug, train=False, batch_size=args.batch_size or cfg.batch_size, seed=cfg.seed)
-    ld = data.Loader(ds.urls[args.split], spec, len(ds.classes),
-                     workers=cfg.workers if args.workers is None else args.workers,
-                     noise=noise, select=select, part=part)
-    count = ds.card["splits"].get(args.split, {}).get("count")
-    total = select.count(0, count) if select is not None else count
-    return ds, aug, ld, total
+    rd = data.run_data(ds, cfg, part=part, scoring=args.split, batch_size=args.batch_size or 0, workers=args.workers)
+    return ds, rd.aug, rd.loaders[args.split], rd.count(args.split)
 
 
 def load_model(cfg, ckpt: Path, n_classes: int, in_chans: int):
