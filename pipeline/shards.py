@@ -125,11 +125,16 @@ def card_path_for(url: str) -> Path:
     return beside if beside.exists() or "://" not in path else Path(card)
 
 
+MAX_CARD = 256 << 20         # a card lists shards and skips: ~100 bytes a shard
+
+
 def read_card(path: Path) -> dict:
+    from pipeline import safe_io      # here, not at the top: safe_io imports DataError from this module
+    if not Path(path).exists():
+        raise DataError(f"dataset card not found: {path}")
+    raw = safe_io.read_capped(path, MAX_CARD, "dataset card")   # a stranger's card may be a FIFO
     try:
-        card = json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise DataError(f"dataset card not found: {path}") from None
+        card = json.loads(raw)
     except ValueError as e:
         raise DataError(f"dataset card {path} is not valid JSON: {e}") from None
     why = shardset.card_problem(card)          # the fields the readers index into, typed

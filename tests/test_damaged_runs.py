@@ -160,3 +160,12 @@ def test_a_damaged_card_is_one_line(shards, tmp_path, capsys, change):
     (copy / "digits.json").write_text(json.dumps(card))
     assert cli(argv(copy, tmp_path / "r")) == 2
     assert "digits.json" in one_line(capsys)
+
+
+def test_a_card_that_is_a_fifo_is_refused(shards, tmp_path, capsys):
+    copy = shutil.copytree(shards, tmp_path / "sent")
+    (copy / "digits.json").unlink()
+    os.mkfifo(copy / "digits.json")
+    done, rc = finishes(lambda: cli(argv(copy / "digits-{000..001}.tar", tmp_path / "r")))
+    assert done and rc == 2
+    assert "not a regular file" in one_line(capsys)

@@ -9,7 +9,7 @@ from pipeline import safe_io, shardset
 from pipeline.convert import sources
 from pipeline.convert.manifest import write_manifest
 from pipeline.convert.plan import Plan, card_options
-from pipeline.shards import DataError
+from pipeline.shards import MAX_CARD, DataError
 
 
 def drop_empty_shards(results: list[dict], out: Path) -> list[dict]:
@@ -81,9 +81,6 @@ def remove_temporaries(out: Path, name: str) -> None:
 
 def _listed_files(card: dict) -> set[str]:
     return {s.get("file") for sp in card.get("splits", {}).values() for s in sp.get("shards", [])}
-
-
-MAX_CARD = 256 << 20         # a card lists shards and skips: ~100 bytes a shard
 
 
 def _maybe_card(path: Path) -> dict:
