@@ -169,3 +169,12 @@ def test_a_card_that_is_a_fifo_is_refused(shards, tmp_path, capsys):
     done, rc = finishes(lambda: cli(argv(copy / "digits-{000..001}.tar", tmp_path / "r")))
     assert done and rc == 2
     assert "not a regular file" in one_line(capsys)
+
+
+def test_a_received_config_with_a_huge_image_size_is_refused(run, tmp_path, capsys):
+    from tools.rank_labels import cli as rank_cli
+    copy = shutil.copytree(run, tmp_path / "sent")
+    cfg = json.loads((copy / "config.json").read_text())
+    (copy / "config.json").write_text(json.dumps({**cfg, "image_size": 1000000}))
+    assert rank_cli(["--run", str(copy), "--out", str(tmp_path / "labels"), "--workers", "0"]) == 2
+    assert "--image-size" in one_line(capsys)

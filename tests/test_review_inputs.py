@@ -127,3 +127,10 @@ def test_a_table_error_never_quotes_the_file(tmp_path, capsys):
     (tmp_path / "t.csv").write_text("path,label\na.png,1\nadmin:s3cr3t:1:2\n")
     rc, _, err = run(["table", tmp_path / "t.csv", "--out", tmp_path / "o"], capsys)
     assert rc == 2 and "s3cr3t" not in err and "t.csv" in err
+
+
+def test_a_class_named_drop_gets_a_distinct_drop_choice():
+    from tools.review.label_studio import label_studio_config
+    assert '<Choice value="drop"/>' in label_studio_config(["cat", "dog"])
+    config = label_studio_config(["cat", "drop"])
+    assert '<Choice value="(drop)"/>' in config and config.count('"drop"') == 1
