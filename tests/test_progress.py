@@ -86,6 +86,9 @@ def test_a_non_terminal_training_log_is_line_oriented_and_small(tmp_path, capsys
     monkeypatch.delenv("LIMIT_PROGRESS_INTERVAL")
     assert cli(train_argv(shards, tmp_path / "quiet", "--epochs", "2")) == 0
     assert not [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("epoch ")]
+    # --log-interval overrides the default: a line at every step again
+    assert cli(train_argv(shards, tmp_path / "flag", "--epochs", "2", "--log-interval", "0")) == 0
+    assert len([ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("epoch ")]) == len(steps)
     # tqdm's bar in a file: every redraw is kept, carriage returns and all
     monkeypatch.setenv("LIMIT_PROGRESS", "bar")
     assert cli(train_argv(shards, tmp_path / "bar", "--epochs", "2")) == 0

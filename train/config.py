@@ -80,6 +80,7 @@ class Config:
     overwrite: bool = opt(False, "start afresh in an --out that holds another run, deleting its logs and checkpoints (without it such a folder is refused)", action="store_true")
     trust_urls: bool = opt(False, "let shard URLs read from files (a dataset card's shard list) be pipe: or remote URLs; pipe: runs a shell command, so only for files you wrote", action="store_true")
     save_every: int = opt(0, "also checkpoint every N optimizer steps inside an epoch (0: epoch ends only)")
+    log_interval: float = opt(-1.0, "seconds between the plain progress lines printed when stderr is not a terminal (SLURM, | tee); -1: LIMIT_PROGRESS_INTERVAL or 30", metavar="S")
     log_with: str = opt("", "accelerate tracker, e.g. tensorboard (nothing is contacted unless asked)")
     max_skip_frac: float = opt(0.01, "stop (exit 2) when more than this fraction of a split's samples is lost in an epoch: damaged samples, cut-off or missing shards (1: never)")
 

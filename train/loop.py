@@ -81,7 +81,8 @@ def train_epoch(run: Run, epoch: int, resume: dict | None = None) -> dict:
     position = resume["position"][acc.process_index] if resume else None
     first_skip = len(run.skipped)                          # --max-skip-frac: this epoch's records
     bar = progress.bar(total=loader.steps(epoch), desc=f"epoch {epoch}", unit="step", disable=not acc.is_main_process,
-                       leave=False, stats=lambda: meter.running(acc.num_processes))   # lines when not a terminal
+                       leave=False, stats=lambda: meter.running(acc.num_processes),   # lines when not a terminal
+                       interval=run.cfg.log_interval if run.cfg.log_interval >= 0 else None)
     t_wait = time.perf_counter()
     for batch in loader(epoch, start=position):
         stop_if_asked()

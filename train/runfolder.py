@@ -23,7 +23,7 @@ MAX_LOG = 1 << 30        # metrics.jsonl: ~1 kB an epoch
 # Flags a resume may change: they decide how long or how the run is watched, not what it
 # learns. Anything else changed makes it another experiment (mid-epoch, --workers too: the
 # saved position is per worker).
-SAFE_ON_RESUME = {"epochs", "patience", "save_every", "workers", "log_with", "cache_eval",
+SAFE_ON_RESUME = {"epochs", "patience", "save_every", "workers", "log_with", "log_interval", "cache_eval",
                   "max_skip_frac", "resume", "out", "overwrite", "trust_urls", "backend"}
 
 
