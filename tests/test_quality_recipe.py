@@ -160,3 +160,17 @@ def test_second_round_report_measures_against_clean_labels():
     rep = report(cols, d)
     assert rep["relabel"] == 1 and rep["relabel_precision"] == 1.0 and rep["drop"] == 1
     assert rep["wrong_before"] == 0.5 and rep["wrong_after"] == 0.0
+
+
+def test_a_checkpoint_of_the_ce_phase_is_scored_by_its_classifier():
+    """The best epoch can lie in the CE phase, whose predictor is untrained (measured: AUC 0.496
+    when such a checkpoint was scored by its predictor)."""
+    from tools.review.ranking import scoring
+    from train.init_phase import from_ce_phase
+    cfg = config.parse(["--data", "x", "--method", "limit", "--init-epochs", "3"])
+    during = {"epoch": 1, "init_phase": {"end": None}, "config": {"init_epochs": 3}}
+    at_switch = {"epoch": 2, "init_phase": {"end": 3}, "config": {"init_epochs": 3}}
+    after = {"epoch": 3, "init_phase": {"end": 3}, "config": {"init_epochs": 3}}
+    assert from_ce_phase(during) and from_ce_phase(at_switch) and not from_ce_phase(after)
+    assert not from_ce_phase({"epoch": 0, "config": {"init_epochs": 0}})
+    assert scoring(cfg, during).net == "classifier" and scoring(cfg, after).net == "predictor"

@@ -6,7 +6,9 @@ A sample's score is ||onehot(y) - softmax(net(x))|| with the network and norm th
 objective declares (train/objectives.py REGISTRY, `score`): LIMIT runs by the predictor r with
 the run's norm (L2 for mse/LIMIT_G, L1 for mae/LIMIT_L); CE and every other objective
 (softreg included: its auxiliary network is not a label predictor) by the L2 distance on the
-classifier's own softmax. Large = suspicious. The split is read with eval transforms and the run's noise
+classifier's own softmax; a LIMIT checkpoint saved during its CE phase (--init-epochs, when
+the best noisy-validation epoch lies there) by its classifier too, its predictor being still
+untrained (train/init_phase.py). Large = suspicious. The split is read with eval transforms and the run's noise
 table and subset, so the given labels are exactly those the run trained on.
 
 Writes OUT/label_scores.parquet, OUT/summary.json, OUT/suspects.png and, with --top K,
@@ -20,9 +22,8 @@ from models.backbones import ModelError  # noqa: E402
 from pipeline import safe_io  # noqa: E402
 from pipeline.shards import DataError, Part, TRUST_FLAG  # noqa: E402
 from tools.review import exports  # noqa: E402
-from tools.review.ranking import build_loader, gather, load_model, load_run, report, score_split  # noqa: E402
+from tools.review.ranking import build_loader, gather, load_model, load_run, report, score_split, scoring  # noqa: E402
 from train import checkpoint, config  # noqa: E402
-from train.objectives import REGISTRY  # noqa: E402
 
 USER_ERRORS = (config.ConfigError, DataError, ModelError, checkpoint.CheckpointError)
 
@@ -68,12 +69,13 @@ def main(argv=None) -> int:
     model = load_model(cfg, ckpt, len(ds.classes), aug.channels).to(acc.device)
     norm = (tuple(ds.card["normalize"]["mean"]), tuple(ds.card["normalize"]["std"]))
     mine = total if acc.num_processes == 1 else None      # this rank's share is not known
-    s, skipped = score_split(model, ld, norm, acc.device, cfg, mine, acc.is_main_process, sink)
+    score = scoring(cfg, checkpoint.read_meta(ckpt))
+    s, skipped = score_split(model, ld, norm, acc.device, cfg, mine, acc.is_main_process, sink, score)
     s = gather(acc, s, out)
     if s is None:
         return 0
     said = exports.export(s, sink, ds, out, args.cleanlab, args.fiftyone) if sink is not None else {}
-    report(s, ds, out, args, {**said, "method": REGISTRY[cfg.method].score.describe(cfg), "checkpoint": str(ckpt), "split": args.split,
+    report(s, ds, out, args, {**said, "method": score.describe(cfg), "checkpoint": str(ckpt), "split": args.split,
                               "n_skipped": skipped, "device": str(acc.device)})
     return 0
 

@@ -54,6 +54,17 @@ class InitPhase:
         self.end = end
 
 
+def from_ce_phase(meta: dict) -> bool:
+    """Was a checkpoint (its meta.json) saved during the CE phase? Its predictor is then the
+    untrained one the phase left alone, so only its classifier can judge labels (rank_labels
+    scores such a checkpoint as a CE run: the best noisy-validation epoch can lie in the phase)."""
+    phase = meta.get("init_phase") if isinstance(meta, dict) else None
+    if not isinstance(phase, dict) or not (meta.get("config") or {}).get("init_epochs"):
+        return False
+    end, epoch = phase.get("end"), meta.get("epoch")
+    return end is None or (isinstance(epoch, int) and isinstance(end, int) and epoch < end)
+
+
 def ce_objective(out: Outputs, labels):
     """Cross-entropy on the classifier. The predictor's logits enter with weight 0 so that every
     parameter takes part in the backward (DDP's all-reduce expects each one every step); with

@@ -16,7 +16,8 @@ from tools.review.noise_matrix import noise_report
 from tools.review.scores import Collector, Scores, ranks, score_outputs, suggested, suspect_rows, write_scores
 from tools.review.suspects import draw_suspects, grid_rows, write_suspects_csv
 from train import checkpoint, config, runfolder, setup
-from train.objectives import REGISTRY
+from train.init_phase import from_ce_phase
+from train.objectives import REGISTRY, Score
 
 
 def load_run(args):
@@ -78,11 +79,17 @@ def load_model(cfg, ckpt: Path, n_classes: int, in_chans: int):
     return model.eval()
 
 
+def scoring(cfg, meta: dict) -> Score:
+    """How to score a checkpoint: as its objective declares (train/objectives.py REGISTRY),
+    except a checkpoint of LIMIT's CE phase (--init-epochs), scored as the CE model it is."""
+    return Score() if from_ce_phase(meta) else REGISTRY[cfg.method].score
+
+
 @torch.no_grad()
-def score_split(model, ld, norm, device, cfg, total, show: bool, sink=None) -> tuple[Scores, int]:
+def score_split(model, ld, norm, device, cfg, total, show: bool, sink=None, score: Score | None = None) -> tuple[Scores, int]:
     """`sink` (tools.review.exports.ProbSink, for --cleanlab/--fiftyone) also gets the scoring
-    network's logits of every batch."""
-    col, skipped, score = Collector(total or 0), 0, REGISTRY[cfg.method].score
+    network's logits of every batch; `score` (default: the objective's) says which network."""
+    col, skipped, score = Collector(total or 0), 0, score or REGISTRY[cfg.method].score
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     bar = progress_bar(total=total, desc="scoring", unit="img", disable=not show)   # lines off a terminal
