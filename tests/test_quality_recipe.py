@@ -174,3 +174,19 @@ def test_a_checkpoint_of_the_ce_phase_is_scored_by_its_classifier():
     assert from_ce_phase(during) and from_ce_phase(at_switch) and not from_ce_phase(after)
     assert not from_ce_phase({"epoch": 0, "config": {"init_epochs": 0}})
     assert scoring(cfg, during).net == "classifier" and scoring(cfg, after).net == "predictor"
+
+
+def test_quality_table_reports_damage_recovered_against_ce_and_the_ceiling(tmp_path):
+    """(method - CE) / (ceiling - CE) from the seeds' means; the ceiling is found by dataset."""
+    from tools.quality import COLUMNS, append, table
+    csv_path = tmp_path / "q.csv"
+    base = {k: "" for k in COLUMNS} | {"dataset": "fmnist", "noise": "uniform:0.6", "n": 10000, "wall_s": 10,
+                                        "images": 100}
+    for method, seed, acc in (("ce", 0, 0.80), ("ce", 1, 0.82), ("ce_clean", 0, 0.91),
+                              ("limit", 0, 0.86), ("limit", 1, 0.86)):
+        append(csv_path, base | {"method": method, "seed": seed, "test_acc": acc,
+                                 "wall_s": 20 if method == "limit" else 10})
+    lines = {ln.split("|")[3].strip(): ln for ln in table(csv_path).splitlines()[2:]}
+    cells = [c.strip() for c in lines["limit"].split("|")]
+    assert cells[5] == "**0.8600**" and cells[6] == "0.8100" and cells[7] == "0.9100"
+    assert cells[8] == "0.50" and cells[12] == "2.00"            # (0.86-0.81)/(0.91-0.81); twice CE's wall time
