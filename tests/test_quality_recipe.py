@@ -10,7 +10,7 @@ import torch
 from tests.shardkit import make_digit_shards
 from train import config
 from train.clean_estimate import clean_accuracy, estimate
-from train.init_phase import InitPhase, ce_objective
+from train.init_phase import InitPhase, ce_objective, choose_loss
 from train.limit import cli
 from train.recipe import apply_recipe, init_epochs
 from tools.review.second_round import decide, report
@@ -28,6 +28,20 @@ def test_phase_ends_when_noisy_validation_stalls_for_patience_epochs():
 def test_phase_ends_at_its_longest_length():
     ph = InitPhase(max_epochs=3, patience=5, target="predictor")
     assert [e for e in range(6) if ph.decide(e, e)] == [2] and ph.end == 3
+
+
+def test_auto_loss_is_chosen_from_the_phase_s_best_noisy_validation_accuracy():
+    from train.init_phase import AUTO_L1_BELOW, choose_loss
+    ph = InitPhase(max_epochs=2, patience=5, target="both", auto_loss=True)
+    assert not ph.decide(0, 0, 0.18) and ph.loss is None          # not decided before the phase ends
+    assert ph.decide(1, 1, 0.18) and ph.loss == "mae"             # MNIST p=0.8: most labels wrong
+    assert choose_loss(0.34) == "mse" and choose_loss(AUTO_L1_BELOW) == "mse" and choose_loss(None) == "mae"
+    assert ph.state() == {"end": 2, "loss": "mae"}
+    again = InitPhase(2, 5, "both", auto_loss=True)
+    again.load(ph.state())
+    assert again.loss == "mae"
+    with pytest.raises(ValueError):
+        InitPhase(2, 5, "both", auto_loss=True).load({"end": 2, "loss": None})   # an auto run must have chosen
 
 
 def test_phase_end_from_a_checkpoint_is_checked():
@@ -62,6 +76,14 @@ def test_recipe_sets_a_quarter_of_the_budget_and_the_classifier_backbone_for_the
     assert cfg2.init_epochs == 0 and cfg2.predictor_model == "mnist_cnn_bn"
 
 
+def test_auto_loss_without_a_phase_is_refused():
+    cfg = config.parse(["--data", "x", "--method", "limit", "--predictor-loss", "auto", "--epochs", "3"])
+    apply_recipe(cfg, {"augment": {"crop": "none"}}, config.given(["--data", "x", "--method", "limit",
+                                                                    "--predictor-loss", "auto", "--epochs", "3"]))
+    with pytest.raises(config.ConfigError, match="needs --init-epochs"):
+        config.check_resolved(cfg)
+
+
 def test_init_epochs_flags_are_checked():
     for argv, words in ((["--method", "ce", "--init-epochs", "2"], "needs --method limit"),
                         (["--method", "limit", "--init-epochs", "10", "--epochs", "10"], "leaves no LIMIT epoch"),
@@ -79,15 +101,17 @@ def test_a_run_switches_from_ce_to_limit_at_the_decided_epoch(shards, tmp_path, 
     out = tmp_path / "run"
     argv = ["--data", str(shards), "--model", "mnist_cnn", "--method", "limit", "--noise", "uniform:0.5",
             "--epochs", "3", "--init-epochs", "2", "--init-target", "both", "--batch-size", "50",
-            "--workers", "1", "--out", str(out)]
+            "--predictor-loss", "auto", "--workers", "1", "--out", str(out)]
     assert cli(argv) == 0
     log = capsys.readouterr().out
     assert "the CE phase ends after epoch 1" in log and "+init: classifier, predictor from" in log
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert "train_predictor_loss" not in rows[0] and "train_predictor_loss" in rows[2]   # CE, then LIMIT
     meta = json.loads((out / "checkpoints" / "last" / "meta.json").read_text())
-    assert meta["init_phase"] == {"end": 2}
     final = json.loads((out / "final.json").read_text())
+    chosen = choose_loss(max(r["val_acc"] for r in rows[:2]))       # the phase's best noisy validation
+    assert meta["init_phase"] == {"end": 2, "loss": chosen} and final["predictor_loss_chosen"] == chosen
+    assert f"predictor loss {chosen}" in log
     assert "best_val_acc_clean_est" in final and "val_acc_clean_est" in rows[-1]
 
 
@@ -174,6 +198,9 @@ def test_a_checkpoint_of_the_ce_phase_is_scored_by_its_classifier():
     assert from_ce_phase(during) and from_ce_phase(at_switch) and not from_ce_phase(after)
     assert not from_ce_phase({"epoch": 0, "config": {"init_epochs": 0}})
     assert scoring(cfg, during).net == "classifier" and scoring(cfg, after).net == "predictor"
+    auto = config.parse(["--data", "x", "--method", "limit", "--init-epochs", "3", "--predictor-loss", "auto"])
+    chose = {**after, "init_phase": {"end": 3, "loss": "mse"}}
+    assert (scoring(auto, chose).net, scoring(auto, chose).norm) == ("predictor", "mse")
 
 
 def test_quality_table_reports_damage_recovered_against_ce_and_the_ceiling(tmp_path):

@@ -41,7 +41,7 @@ class Config:
     method: str = opt("ce", "objective (train/objectives.py REGISTRY)", choices=lambda: sorted(REGISTRY))
     predictor: str = opt("network", "LIMIT predictor: a second backbone, or a head on the classifier's detached features", choices=["network", "head"])
     predictor_model: str = opt("", "LIMIT predictor backbone (default: the classifier's)")
-    predictor_loss: str = opt("mae", "LIMIT predictor distance: mse (LIMIT_G) or mae (LIMIT_L)", choices=["mse", "mae"])
+    predictor_loss: str = opt("mae", "LIMIT predictor distance: mse (LIMIT_G), mae (LIMIT_L), or auto: chosen when the CE phase of --init-epochs ends, from its noisy validation accuracy (train/init_phase.py; --method limit's recipe sets auto)", choices=["mse", "mae", "auto"])
     beta: float = opt(10.0, "LIMIT penalty on ||mu||^2 (--method limit's recipe sets 5 unless typed; --recipe none keeps 10; see README)")
     sample: bool = opt(False, "LIMIT +S: add noise to the predicted gradient", action=argparse.BooleanOptionalAction)
     sample_dist: str = opt("gaussian", "+S noise distribution", choices=["gaussian", "laplace"])
@@ -165,6 +165,13 @@ def validate(cfg: Config) -> Config:
     if REGISTRY[cfg.method].fine_tunes and not cfg.init_from:
         raise ConfigError(f"--method {cfg.method} fine-tunes a CE model: pass --init-from RUN")
     return cfg
+
+
+def check_resolved(cfg: Config) -> None:
+    """What only holds once the recipe (train/recipe.py) has set its flags."""
+    if cfg.predictor_loss == "auto" and cfg.method == "limit" and not cfg.init_epochs:
+        raise ConfigError("--predictor-loss auto is chosen at the end of the CE phase: it needs --init-epochs > 0 "
+                          "(--method limit's recipe sets it for runs of 4 epochs or more)")
 
 
 def given(argv=None) -> set[str]:

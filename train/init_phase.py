@@ -6,6 +6,9 @@ start LIMIT from a cross-entropy model, so a LIMIT run can begin with a short CE
                            loaded into --init-target, the optimizer's moments and the EMA restart
     epochs [end, --epochs) LIMIT
 
+With --predictor-loss auto (the recipe's) the predictor's distance is chosen at the same moment,
+also from noisy data: choose_loss, below.
+
 `end` is decided from noisy data alone: the first epoch after which noisy validation accuracy
 has not improved for --init-patience epochs, or --init-epochs, whichever comes first
 (docs/architecture.md section 2). CE's best noisy-validation epoch is early when labels are
@@ -13,6 +16,7 @@ very noisy (MNIST p=0.8: epoch 0-2) and later when they are less so, so a fixed 
 either stop CE before its best or let it memorize. `end` is saved in every checkpoint's meta,
 so a resumed run switches at the same epoch; the switch itself runs at the start of epoch `end`
 (fresh or resumed alike), never inside an epoch."""
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -21,6 +25,18 @@ import torch.nn.functional as F
 from models.backbones import load_classifier_weights
 from models.limit import Outputs
 from train import checkpoint
+from train.objectives import make_objective
+
+# --predictor-loss auto: L1 (LIMIT_L) when fewer than this fraction of the validation labels
+# agree with the CE phase's best model, L2 (LIMIT_G) otherwise. Under uniform noise p the
+# agreement is about (1 - p) times the clean accuracy, so 0.25 splits "most labels wrong"
+# (p >~ 0.7) from the rest. Measured (RESULTS.md, "Photos"): at MNIST p=0.8 (agreement 0.18)
+# L1 reaches 0.96 while L2 memorizes and falls back below its CE start (0.87 -> 0.86); on
+# Fashion-MNIST at 60% (agreement 0.34) L2 gains 1.6 points over the CE phase while L1 never
+# beats it (the L1 fit, 2(1 - q_y), gives little gradient where the predictor is unsure, and
+# confusable classes are where it is). The paper's CIFAR-10 table has L2 and L1 within a point
+# of each other with +init from 20% to 80% noise, and L2 ahead on Clothing1M.
+AUTO_L1_BELOW = 0.25
 
 
 @dataclass
@@ -29,29 +45,55 @@ class InitPhase:
     patience: int                   # --init-patience
     target: str                     # --init-target: predictor | classifier | both
     end: int | None = None          # the first LIMIT epoch, once decided
+    auto_loss: bool = False         # --predictor-loss auto: choose it when the phase ends
+    loss: str | None = None         # the chosen distance ("mse" | "mae"), once decided
 
     def active(self, epoch: int) -> bool:
         """Does `epoch` train with cross-entropy?"""
         return self.max_epochs > 0 and (self.end is None or epoch < self.end)
 
-    def decide(self, epoch: int, best_epoch: int | None) -> bool:
-        """After CE epoch `epoch` is evaluated: end the phase here? Sets `end` when it does."""
+    def decide(self, epoch: int, best_epoch: int | None, best_val: float | None = None) -> bool:
+        """After CE epoch `epoch` is evaluated: end the phase here? Sets `end` (and, under
+        --predictor-loss auto, `loss` from the phase's best noisy-validation accuracy)."""
         if not self.active(epoch) or self.end is not None:
             return False
         stale = best_epoch is not None and epoch - best_epoch >= self.patience
         if stale or epoch + 1 >= self.max_epochs:
             self.end = epoch + 1
+            if self.auto_loss:
+                self.loss = choose_loss(best_val)
             return True
         return False
 
+    def objective(self, cfg, method_objective):
+        """LIMIT's objective after the phase: the method's own, or with the chosen distance."""
+        if not self.loss:
+            return method_objective
+        return make_objective(dataclasses.replace(cfg, predictor_loss=self.loss))
+
     def state(self) -> dict:
-        return {"end": self.end}
+        return {"end": self.end, "loss": self.loss}
 
     def load(self, state) -> None:
-        end = (state or {}).get("end")
+        end, loss = (state or {}).get("end"), (state or {}).get("loss")
         if end is not None and not (isinstance(end, int) and 0 < end <= self.max_epochs):
             raise checkpoint.CheckpointError(f"meta.json: init_phase end {end!r} is not an epoch in 1..{self.max_epochs}")
-        self.end = end
+        if loss not in (None, "mse", "mae") or (self.auto_loss and end is not None and loss is None):
+            raise checkpoint.CheckpointError(f"meta.json: init_phase loss {loss!r} is not mse or mae")
+        self.end, self.loss = end, loss
+
+
+def choose_loss(best_val: float | None) -> str:
+    """--predictor-loss auto's rule (AUTO_L1_BELOW above); no validation score: L1, the
+    paper's choice at high noise."""
+    return "mae" if best_val is None or best_val < AUTO_L1_BELOW else "mse"
+
+
+def chosen_loss(meta: dict) -> str | None:
+    """The distance a checkpoint's run chose under --predictor-loss auto (None before)."""
+    phase = meta.get("init_phase") if isinstance(meta, dict) else None
+    loss = phase.get("loss") if isinstance(phase, dict) else None
+    return loss if loss in ("mse", "mae") else None
 
 
 def from_ce_phase(meta: dict) -> bool:

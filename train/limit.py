@@ -69,6 +69,7 @@ def train(cfg, acc, out: Path, given: set) -> int:
     # ---- data ----
     ds = data.resolve(cfg.data, cfg.val_data, cfg.test_data, cfg.trust_urls)
     recipe = apply_recipe(cfg, ds.card, given)    # --recipe auto (RESULTS.md, "Tuning")
+    config.check_resolved(cfg)
     rd = data.run_data(ds, cfg, part=Part(acc.process_index, acc.num_processes))   # as rank_labels reads it
     aug, noise, fixes, loaders, backend_note = rd.aug, rd.noise, rd.fixes, rd.loaders, rd.backend_note
     n_train = rd.count("train")
@@ -103,7 +104,8 @@ def train(cfg, acc, out: Path, given: set) -> int:
     transition = (setup.fw_transition(cfg, acc.unwrap_model(model), loaders["train"].as_eval(), acc, norm)
                   if REGISTRY[cfg.method].transition else None)
     objective = make_objective(cfg, transition)
-    phase = init_phase.InitPhase(cfg.init_epochs, cfg.init_patience, cfg.init_target) if cfg.init_epochs else None
+    phase = (init_phase.InitPhase(cfg.init_epochs, cfg.init_patience, cfg.init_target, auto_loss=cfg.predictor_loss == "auto")
+             if cfg.init_epochs else None)
     run = Run(cfg, acc, model, optimizer, objective, loaders, norm, steps, out, ema=ema, init=phase,
               method_objective=objective)
     if resume:

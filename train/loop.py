@@ -205,7 +205,8 @@ def fit(run: Run, start_epoch: int = 0, resume: dict | None = None) -> dict:
                 acc.wait_for_everyone()                # the main process wrote checkpoints/best
                 acc.print(init_phase.switch(acc.unwrap_model(run.model), run.optimizer, run.ema, run.out,
                                             run.init.target))
-            run.objective = init_phase.ce_objective if run.init.active(epoch) else run.method_objective
+            run.objective = (init_phase.ce_objective if run.init.active(epoch)
+                             else run.init.objective(cfg, run.method_objective))
         row = {"epoch": epoch, **train_epoch(run, epoch, resume if epoch == start_epoch else None),
                **evaluate(run, "val", epoch), **evaluate(run, "test", epoch)}
         row["samples_skipped"] = int(acc.reduce(torch.tensor(run.n_skipped, device=acc.device), "sum"))
@@ -220,9 +221,10 @@ def fit(run: Run, start_epoch: int = 0, resume: dict | None = None) -> dict:
         if improved:
             run.best = {"score": score, "val_acc": row.get("val_acc"), "epoch": epoch, "test_acc": row.get("test_acc"),
                         "val_acc_clean_est": row.get("val_acc_clean_est")}
-        if run.init and run.init.decide(epoch, run.best.get("epoch")):
+        if run.init and run.init.decide(epoch, run.best.get("epoch"), run.best.get("val_acc")):
             acc.print(f"+init: the CE phase ends after epoch {epoch} (best noisy validation at epoch "
-                      f"{run.best.get('epoch')}); {cfg.method} from epoch {run.init.end}")
+                      f"{run.best.get('epoch')}); {cfg.method} from epoch {run.init.end}"
+                      + (f", predictor loss {run.init.loss} (--predictor-loss auto)" if run.init.loss else ""))
         # ---- log, then save: a kill in between only repeats this epoch's log line ----
         if acc.is_main_process:
             with safe_io.open_append(run.out / "metrics.jsonl") as f:   # never through a planted link
@@ -241,6 +243,7 @@ def fit(run: Run, start_epoch: int = 0, resume: dict | None = None) -> dict:
             break
     return {"best_val_acc": run.best.get("val_acc"), "best_epoch": run.best.get("epoch"),
             "best_val_acc_clean_est": run.best.get("val_acc_clean_est"),
+            "predictor_loss_chosen": run.init.loss if run.init else None,
             "test_acc": run.best.get("test_acc"), "test_acc_last": row.get("test_acc"),
             "train_acc_last": row.get("train_acc"),
             "epochs": row.get("epoch", -1) + 1, "early_stopped": early, "samples_skipped": row.get("samples_skipped", run.n_skipped),

@@ -16,7 +16,7 @@ from tools.review.noise_matrix import noise_report
 from tools.review.scores import Collector, Scores, ranks, score_outputs, suggested, suspect_rows, write_scores
 from tools.review.suspects import draw_suspects, grid_rows, write_suspects_csv
 from train import checkpoint, config, runfolder, setup
-from train.init_phase import from_ce_phase
+from train.init_phase import chosen_loss, from_ce_phase
 from train.objectives import REGISTRY, Score
 
 
@@ -81,8 +81,14 @@ def load_model(cfg, ckpt: Path, n_classes: int, in_chans: int):
 
 def scoring(cfg, meta: dict) -> Score:
     """How to score a checkpoint: as its objective declares (train/objectives.py REGISTRY),
-    except a checkpoint of LIMIT's CE phase (--init-epochs), scored as the CE model it is."""
-    return Score() if from_ce_phase(meta) else REGISTRY[cfg.method].score
+    except a checkpoint of LIMIT's CE phase (--init-epochs), scored as the CE model it is, and
+    with --predictor-loss auto by the distance the run chose."""
+    if from_ce_phase(meta):
+        return Score()
+    score = REGISTRY[cfg.method].score
+    if score.norm == "predictor_loss" and cfg.predictor_loss == "auto":
+        return Score(score.net, chosen_loss(meta) or "mae")
+    return score
 
 
 @torch.no_grad()
