@@ -143,6 +143,16 @@ def test_a_singular_transition_gives_no_estimate():
     assert est is None and cond > 100
 
 
+def test_sharp_probabilities_get_no_estimate():
+    """One-hot probabilities against labels they mostly disagree with (LIMIT_L at MNIST p=0.8:
+    confidence 0.90, noisy accuracy 0.19): the anchors would say there is no noise."""
+    rng = np.random.default_rng(2)
+    pred = rng.integers(0, 10, 5000)
+    probs = np.eye(10)[pred] * 0.95 + 0.005
+    given = np.where(rng.random(5000) < 0.2, pred, rng.integers(0, 10, 5000))
+    assert estimate(probs, given)["acc_clean_est"] is None
+
+
 def test_estimate_from_calibrated_probabilities():
     """Probabilities that are the noisy posterior (the anchors' rows are T's rows): the estimate
     is within 0.02 of the clean accuracy."""
