@@ -92,7 +92,8 @@ def test_rerun_after_damage_finishes_and_matches(tmp_path):
     (hurt / sc.rel_path(3)).unlink()                                       # never written
     p = hurt / sc.rel_path(7)
     p.write_bytes(p.read_bytes()[:100])                                    # truncated by someone else
-    (hurt / (sc.rel_path(11) + ".part")).write_bytes(b"half")              # a kill before the rename
+    stale = hurt / sc.rel_path(11)
+    (stale.parent / f".{stale.name}.k1ll3d.tmp").write_bytes(b"half")      # a kill before the rename
     (hurt / sc.rel_path(11)).unlink()
     (hurt / "noisy_label_kv.txt").unlink()
     synth(hurt, 80)
@@ -161,3 +162,21 @@ def test_marginal_cost_takes_out_fixed_startup():
     rows = [{"stage": "s", "rc": 0, "items": n, "n": n, "wall_s": 10 + 0.001 * n} for n in (1e4, 1e5)]
     assert bench_scale.marginal_cost(rows)["s"] == pytest.approx(0.001)
     assert bench_scale.exponents(rows)["s"] < 1                            # the fixed 10 s bends k
+
+
+def test_links_planted_in_out_are_replaced_never_written_through(tmp_path, capsys):
+    """A shared OUT holding links at an image, a list and a temporary-looking name: each output
+    is renamed over its link, no target changes; OUT itself a link is refused with one line."""
+    target = tmp_path / "bashrc"
+    target.write_text("keep me\n")
+    out = tmp_path / "c"
+    (out / "images" / "0" / "00").mkdir(parents=True)
+    planted = [out / sc.rel_path(0), out / "noisy_label_kv.txt", out / "category_names_eng.txt.part"]
+    for p in planted:
+        p.symlink_to(target)
+    synth(out, 40)
+    assert target.read_text() == "keep me\n"
+    assert not (out / sc.rel_path(0)).is_symlink() and not (out / "noisy_label_kv.txt").is_symlink()
+    (tmp_path / "link").symlink_to(out)
+    assert sc.main([str(tmp_path / "link"), "--n", "40"]) == 2
+    assert "link" in capsys.readouterr().err

@@ -30,6 +30,8 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from pipeline import safe_io
+
 CLASSES = ["T-Shirt", "Shirt", "Knitwear", "Chiffon", "Sweater", "Hoodie", "Windbreaker",
            "Jacket", "Downcoat", "Suit", "Shawl", "Dress", "Vest", "Underwear"]
 K = len(CLASSES)
@@ -150,11 +152,16 @@ def is_complete(path: Path) -> bool:
 
 
 def write_atomic(path: Path, data: bytes) -> None:
-    """Temp name fixed per file, so a rerun overwrites what a killed run left half-written."""
-    tmp = path.with_name(path.name + ".part")
-    with open(tmp, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
+    """A fresh temporary name, then a rename (pipeline/safe_io.py: never a fixed name that a
+    link planted in a shared --out could redirect); what a killed run left is removed by
+    remove_stale on the rerun. Not fsynced: a rerun checks every image (is_complete)."""
+    safe_io.write_bytes(path, data, durable=False)
+
+
+def remove_stale(folder: Path) -> None:
+    """The temporary files and folders (safe_io's `.NAME.*.tmp`) a killed run left in `folder`."""
+    for p in folder.glob(".*.tmp"):
+        safe_io.remove(p, missing_ok=True)
 
 
 def write_chunk(task: tuple) -> tuple[int, int]:
@@ -174,7 +181,9 @@ def write_chunk(task: tuple) -> tuple[int, int]:
 def make_folders(out: Path) -> None:
     for a in range(10):
         for b in range(100):
-            (out / "images" / str(a) / f"{b:02d}").mkdir(parents=True, exist_ok=True)
+            folder = out / "images" / str(a) / f"{b:02d}"
+            folder.mkdir(parents=True, exist_ok=True)
+            remove_stale(folder)
 
 
 def write_images(out: Path, true: np.ndarray, seed: int, size: tuple[int, int], workers: int,
@@ -201,12 +210,11 @@ def write_images(out: Path, true: np.ndarray, seed: int, size: tuple[int, int], 
 # -- text files ---------------------------------------------------------------------------
 
 def write_lines_atomic(path: Path, lines) -> None:
-    """Streams an iterable of lines (no list of N strings) to a temp file, then renames."""
-    tmp = path.with_name(path.name + ".part")
-    with open(tmp, "w", buffering=1 << 20) as f:
+    """Streams an iterable of lines (no list of N strings) to a fresh temporary file, then
+    renames (safe_io.temp_path)."""
+    with safe_io.temp_path(path) as tmp, open(tmp, "w", buffering=1 << 20) as f:
         for line in lines:
             f.write(line)
-    os.replace(tmp, path)
 
 
 def _select(role: np.ndarray, roles: tuple[int, ...]):
@@ -218,7 +226,8 @@ def _select(role: np.ndarray, roles: tuple[int, ...]):
 
 def write_text_files(root: Path, tables: dict[str, np.ndarray]) -> None:
     role, noisy, true = tables["role"], tables["noisy"], tables["true"]
-    root.mkdir(parents=True, exist_ok=True)
+    safe_io.out_dir(root, "the annotations folder")
+    remove_stale(root)
     noisy_roles, clean_roles = (ROLE_NOISY, ROLE_BOTH), (ROLE_BOTH, ROLE_CLEAN_TRAIN, ROLE_VAL, ROLE_TEST)
     write_lines_atomic(root / "category_names_eng.txt", (c + "\n" for c in CLASSES))
     write_lines_atomic(root / "noisy_label_kv.txt",
@@ -275,6 +284,8 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     stamp = {"n": args.n, "seed": args.seed, "size": list(args.size), "annotations": args.annotations}
     try:
+        safe_io.out_dir(args.out)                  # a link at OUT is refused
+        remove_stale(args.out)
         check_stamp(args.out, stamp)
     except (ValueError, OSError) as e:
         print(f"synth_clothing: error: {e}", file=sys.stderr)
