@@ -48,8 +48,7 @@ def rows(cols: dict, d: Decisions):
     """The fixes file's rows (relabel and drop only), in rank order."""
     pick = np.flatnonzero(d.relabel | d.drop)
     pick = pick[np.argsort(cols["rank"][pick], kind="stable")]
-    keys = cols["key"].take(pick).to_pylist() if hasattr(cols["key"], "take") else [cols["key"][i] for i in pick]
-    for key, i in zip(keys, pick):
+    for key, i in zip(cols["key"].take(pick).to_pylist(), pick):     # key: an Arrow array (read_scores)
         yield {"key": key, "index": int(cols["index"][i]), "given": int(cols["label"][i]),
                "decision": "relabel" if d.relabel[i] else "drop",
                "new_label": int(d.new_label[i]) if d.relabel[i] else ""}
