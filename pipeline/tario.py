@@ -109,7 +109,7 @@ def _pass(stream, n: int, seek: bool) -> None:
 # An epoch over a few samples of a big shard: seeking past the others still reads every
 # member header (4 members a sample: 2 KB a sample, more than a small JPEG); the index says
 # where each member's data is, so only the chosen samples' bytes are read (docs/architecture.md
-# section 5). The index is parsed and checked by pipeline/shardset.py (parse_index, strict).
+# section 4). The index is parsed and checked by pipeline/shardset.py (parse_index, strict).
 
 def iter_indexed(stream, samples):
     """(name, data) of the given index entries (shardset.Index.samples: per sample, members as
