@@ -54,22 +54,57 @@ def check_card_entry(name: str, where: str, trust: bool = False) -> str:
 def expand(specs: str | list[str], trust: bool = False) -> list[str]:
     """Shard URLs from brace patterns (`a-{000..009}.tar`), the first user's spelling
     (`a-<000..009>.tar`), lists of either, or a folder holding one dataset card (its train
-    split). Local files must exist; `pipe:` and other URLs typed by the user are passed
-    through unchecked (a card's entries are checked: `trust` is --trust-urls)."""
+    split): a local folder, or a bucket folder or card URL (`s3://b/p/`, `s3://b/p/NAME.json`,
+    pipeline/bucket_cards.py). Local files must exist, and so must `s3://` and `gs://` shards
+    (one listing per folder); `pipe:` and other URLs typed by the user are passed through
+    unchecked (a card's entries are checked: `trust` is --trust-urls)."""
+    from pipeline import bucket_cards, remote     # here: both import DataError from this module
     specs = [specs] if isinstance(specs, str) else list(specs)
     urls: list[str] = []
+    patterned: list[str] = []                 # bucket shards named by a pattern, not by a card
     for spec in specs:
-        if Path(spec).is_dir():
-            card_path = _only_card(Path(spec))
+        if names_card(spec):
+            card_path = (_only_card(Path(spec)) if Path(spec).is_dir()
+                         else bucket_cards.fetch(bucket_cards.find_card(spec)))
             urls += split_urls(read_card(card_path), card_path, "train", trust)
             continue
         for url in braceexpand.braceexpand(_ANGLE_RANGE.sub(r"{\1}", spec)):
             if _is_local(url) and not Path(url).exists():
                 raise DataError(f"shard not found: {url} (from {spec!r})")
             urls.append(url)
+            patterned += [url] if remote.is_object_url(url) else []
     if not urls:
         raise DataError(f"no shards match {specs!r}")
+    _not_found(_missing_objects(patterned), "")
+    bucket_cards.refresh_for(patterned)       # the card beside them in the bucket, if any, is theirs
     return urls
+
+
+def names_card(spec: str) -> bool:
+    """Whether --data names a dataset card rather than shards: a local folder, or a bucket
+    folder or card URL (an s3:// or gs:// URL that does not end in .tar)."""
+    from pipeline import remote
+    return Path(spec).is_dir() or (remote.is_object_url(spec) and not spec.endswith(".tar"))
+
+
+def _missing_objects(urls: list[str]) -> list[str]:
+    """The bucket shards (s3://, gs://) among `urls` that are not there: one listing per folder."""
+    from pipeline import remote
+    listed: dict[str, dict] = {}
+    missing = []
+    for url in filter(remote.is_object_url, urls):
+        folder, name = url.rsplit("/", 1)
+        if folder not in listed:
+            listed[folder] = remote.sizes(folder)
+        if name not in listed[folder]:
+            missing.append(url)
+    return missing
+
+
+def _not_found(missing: list[str], where: str) -> None:
+    if missing:
+        raise DataError(f"shard not found: {missing[0]}" + (f" and {len(missing) - 1} more" if len(missing) > 1 else "")
+                        + where)
 
 
 def absolute_specs(specs):
@@ -115,12 +150,17 @@ def shard_name(url: str) -> str:
 def card_path_for(url: str) -> Path:
     """The dataset card beside a shard: `dir/NAME-val-003.tar` -> `dir/NAME.json`. For a
     remote shard (`pipe:...`, `s3://...`) a local copy of the card is looked for in the folder
-    the URL names, then in the current folder."""
+    the URL names; for a bucket shard, in the cache of cards fetched from buckets (filled by
+    expand in the main process: a path computation here, no network in a worker); then in the
+    current folder."""
+    from pipeline import bucket_cards, remote
     path = shard_path(url)
     name = shardset.dataset_of(path.rsplit("/", 1)[-1])
     if name is None:
         raise DataError(f"cannot find the dataset card for {url}: name is not NAME-NNN.tar")
     card = name + ".json"
+    if remote.is_object_url(path) and (cached := bucket_cards.cached_card(path)) is not None:
+        return cached
     beside = Path(path).with_name(card)
     return beside if beside.exists() or "://" not in path else Path(card)
 
@@ -144,7 +184,8 @@ def read_card(path: Path) -> dict:
 
 
 def split_urls(card: dict, card_path: Path, split: str, trust: bool = False) -> list[str]:
-    """The shard paths of one split of a card, resolved beside the card. A listed shard that
+    """The shard paths of one split of a card, resolved beside the card (in its bucket folder
+    for a card fetched from a bucket, pipeline/bucket_cards.py). A listed shard that
     is not there is an error at start-up, as for a pattern (one that vanishes later is
     skipped with a record, and counts against --max-skip-frac). Entries with a scheme or
     outside the card's folder are refused unless `trust` (--trust-urls)."""
@@ -156,11 +197,12 @@ def split_urls(card: dict, card_path: Path, split: str, trust: bool = False) -> 
         raise DataError(f"dataset card {card_path}: splits.{split}.shards must be a list of {{\"file\": ..., \"count\": ...}}") from None
     for i, name in enumerate(entries):
         check_card_entry(name, f"dataset card {card_path}, splits.{split}.shards[{i}].file", trust)
-    urls = [name if has_scheme(name) else str(Path(card_path).parent / name) for name in entries]
-    missing = [u for u in urls if not has_scheme(u) and not Path(u).exists()]
-    if missing:
-        raise DataError(f"shard not found: {missing[0]}" + (f" and {len(missing) - 1} more" if len(missing) > 1 else "")
-                        + f" ({split} split of the dataset card {card_path})")
+    from pipeline import bucket_cards, remote
+    base = bucket_cards.origin(card_path)       # a card fetched from a bucket: its shards are there
+    urls = [name if has_scheme(name) else remote.join(base, name) if base else str(Path(card_path).parent / name)
+            for name in entries]
+    missing = [u for u in urls if not has_scheme(u) and not Path(u).exists()] + (_missing_objects(urls) if base else [])
+    _not_found(missing, f" ({split} split of the dataset card {card_path})")
     return urls
 
 

@@ -1,6 +1,6 @@
 """Convert a dataset into WebDataset tar shards, a dataset card and a Parquet manifest.
 
-    python tools/make_shards.py FORMAT SOURCE --out DIR [--name NAME] [--shard-size N]
+    python tools/make_shards.py FORMAT SOURCE --out DIR|s3://BUCKET/PREFIX [--name NAME] [--shard-size N]
         [--resize SHORTER] [--quality Q] [--val-fraction F] [--workers K] [--seed S]
         [--label-fixes FILE] [--part I/N | --merge]
 
@@ -14,7 +14,13 @@ Resumable: while a conversion runs, NAME.partial/ in --out holds its plan's fing
 record per finished shard; rerunning the same command after a kill writes only the missing
 shards, and the folder is removed once the card is written. --part I/N writes the shards j
 with j % N == I - 1 (no card); --merge checks every shard is there and writes card and manifest.
---label-fixes applies a reviewer's relabels and drops (pipeline.fixes) to the shards written."""
+--label-fixes applies a reviewer's relabels and drops (pipeline.fixes) to the shards written.
+
+--out s3://BUCKET/PREFIX (or gs://) writes the same objects into a bucket through fsspec: each
+shard is written in a local staging folder, uploaded once complete and deleted there, the card
+last; NAME.partial/ lives in the bucket, so a rerun resumes from what the bucket holds
+(pipeline/convert/bucket.py). A wds SOURCE may be in a bucket too (a brace pattern of tar URLs,
+one tar, or a folder)."""
 import argparse
 import os
 import re
@@ -31,15 +37,22 @@ import pyarrow  # noqa: E402,F401  (loaded here, after the allocator choice abov
 from pipeline.convert.columns import fix_mmap_threshold  # noqa: E402
 from pipeline.convert.run import FORMATS, convert  # noqa: E402
 from pipeline.convert.sources import RECIPES  # noqa: E402
+from pipeline.remote import is_object_url  # noqa: E402
 from pipeline.shards import DataError  # noqa: E402
+
+
+def path_or_url(text: str):
+    """A local path, or an s3:// or gs:// URL kept as text (a Path would fold its '//')."""
+    return text if is_object_url(text) else Path(text)
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("format", choices=FORMATS)
-    p.add_argument("source", type=Path, help="MNIST idx folder, Clothing1M root, image folder, table file, Hugging Face Parquet folder/file "
-                        "or a folder of WebDataset tars (wds)")
-    p.add_argument("--out", type=Path, required=True, help="output folder")
+    p.add_argument("source", type=path_or_url, help="MNIST idx folder, Clothing1M root, image folder, table file, Hugging Face Parquet folder/file "
+                        "or WebDataset tars (wds: a folder, a tar, or in a bucket: s3://b/p/x-{000..009}.tar, s3://b/p/)")
+    p.add_argument("--out", type=path_or_url, required=True,
+                   help="output folder, or a bucket folder (s3://bucket/prefix, gs://...: written through fsspec)")
     p.add_argument("--name", default=None, help="dataset name (default: the format)")
     p.add_argument("--shard-size", type=int, default=5000, help="samples per shard")
     p.add_argument("--resize", type=int, default=0, help="store the shorter side at this size (JPEG; never upscales)")
@@ -62,6 +75,8 @@ def parse_args(argv=None):
                         help="check that every --part finished and write the card and manifest")
     args = p.parse_args(argv)
     args.name = args.name or args.format
+    if is_object_url(args.out):           # one spelling of a bucket folder (the resume fingerprint holds it)
+        args.out = args.out.rstrip("/")
     for flag, v, lo in (("--shard-size", args.shard_size, 1), ("--workers", args.workers, 1), ("--quality", args.quality, 1),
                         ("--resize", args.resize, 0)):
         if v < lo:

@@ -61,12 +61,18 @@ def die_with_parent() -> None:
 
 
 def run_jobs(p: Plan, todo: list[dict], args, work: Path, pool: ProcessPoolExecutor | None,
-             done: int = 0) -> list[dict]:
+             done: int = 0, on_done=None) -> list[dict]:
     """Write the shards of `todo`; at most 2 per worker in flight, so the records of one shard
-    exist only while it is written (no per-sample objects for the whole plan)."""
+    exist only while it is written (no per-sample objects for the whole plan). on_done(record):
+    called here, in the parent, as each shard is finished (--out s3://: its upload)."""
     # a bar on a terminal, a plain line per interval in a batch job's log (was: nothing there)
     bar = progress_bar(total=sum(j["stop"] - j["start"] for j in p.jobs), initial=done, unit="img", desc="shards")
     results = []
+
+    def finished(rec: dict) -> dict:
+        if on_done is not None:
+            on_done(rec)
+        return rec
 
     def job(j):
         return {"split": j["split"], "file": j["file"], "out": str(args.out), "work": str(work),
@@ -74,7 +80,7 @@ def run_jobs(p: Plan, todo: list[dict], args, work: Path, pool: ProcessPoolExecu
     try:
         if pool is None:
             for j in todo:
-                results.append(write_shard(job(j)))
+                results.append(finished(write_shard(job(j))))
                 bar.update(j["stop"] - j["start"])
         else:
             pending = collections.deque()
@@ -82,7 +88,7 @@ def run_jobs(p: Plan, todo: list[dict], args, work: Path, pool: ProcessPoolExecu
                 pending.append((j, pool.submit(write_shard, job(j))))
                 while len(pending) >= 2 * args.workers or (pending and len(pending) == len(todo) - len(results)):
                     first, fut = pending.popleft()
-                    results.append(fut.result())
+                    results.append(finished(fut.result()))
                     bar.update(first["stop"] - first["start"])
     finally:
         bar.close()

@@ -33,9 +33,12 @@ def drop_empty_shards(results: list[dict], out: Path) -> list[dict]:
     return [r for r in results if r["count"]]
 
 
-def write_outputs(src, p: Plan, results: list[dict], args, fixes=None) -> dict:
+def write_outputs(src, p: Plan, results: list[dict], args, fixes=None, bucket=None) -> dict:
+    """The manifest, then the card, in args.out. bucket (--out s3://..., convert/bucket.py):
+    args.out is the local staging folder, the shards are already in the bucket, empty ones are
+    dropped there, and the manifest and the card are uploaded, each once it is complete."""
     skipped = src.skipped + [s for r in results for s in r["skipped"]]
-    results = drop_empty_shards(results, args.out)
+    results = bucket.drop_empty_shards(results) if bucket else drop_empty_shards(results, args.out)
     if not results:
         first = f" (first: {skipped[0]['source']}: {skipped[0]['reason']})" if skipped else ""
         raise DataError(f"no image converted: {len(skipped)} skipped{first}; nothing written")
@@ -47,6 +50,9 @@ def write_outputs(src, p: Plan, results: list[dict], args, fixes=None) -> dict:
                                "relabelled": fixes.n_relabelled, "dropped": fixes.n_dropped, "kept": fixes.n_kept}
     write_manifest(p, results, args.out / f"{args.name}.parquet")
     safe_io.write_json(args.out / f"{args.name}.json", card)   # the card last: it marks the set complete
+    if bucket:
+        bucket.upload_final(args.out / f"{args.name}.parquet")
+        bucket.upload_final(args.out / f"{args.name}.json")
     return card
 
 
@@ -54,18 +60,24 @@ def remove_stale_shards(out: Path, name: str, card: dict) -> list[str]:
     """Delete NAME-NNN / NAME-val-NNN / NAME-test-NNN tars and indexes in `out` that the new
     card does not list: left by an older conversion with other options, a brace pattern would
     still train on them. Runs after the card is written, so a kill in between leaves the new
-    set complete with extra files (verify_shards names them), never a card without shards.
-    Files another card in `out` lists are kept (a dataset named NAME-val, say)."""
-    def own(f: str) -> bool:                 # NAME's shards and their indexes
-        return shardset.is_shard_of(f[:-4] + ".tar", name) and f.endswith((".tar", ".idx"))
-    keep = _listed_files(card) | {f for other in out.glob("*.json") if other.name != f"{name}.json"
-                                  for f in _listed_files(_maybe_card(other))}
-    keep |= {shardset.index_path(f) for f in keep if f.endswith(".tar")}
-    stale = sorted(p.name for p in out.iterdir() if own(p.name) and p.name not in keep)
+    set complete with extra files (verify_shards names them), never a card without shards."""
+    others = [_maybe_card(o) for o in out.glob("*.json") if o.name != f"{name}.json"]
+    stale = stale_files([p.name for p in out.iterdir()], name, card, others)
     for f in stale:
         (out / f).unlink()
     remove_temporaries(out, name)
     return stale
+
+
+def stale_files(files: list[str], name: str, card: dict, other_cards: list[dict]) -> list[str]:
+    """Which of `files` (names in one folder or bucket prefix) are NAME's tars and indexes that
+    neither the new card nor another card there (`other_cards`: a dataset named NAME-val, say)
+    lists."""
+    def own(f: str) -> bool:                 # NAME's shards and their indexes
+        return shardset.is_shard_of(f[:-4] + ".tar", name) and f.endswith((".tar", ".idx"))
+    keep = _listed_files(card) | {f for other in other_cards for f in _listed_files(other)}
+    keep |= {shardset.index_path(f) for f in keep if f.endswith(".tar")}
+    return sorted(f for f in files if own(f) and f not in keep)
 
 
 def remove_temporaries(out: Path, name: str) -> None:
@@ -85,7 +97,15 @@ def _listed_files(card: dict) -> set[str]:
 
 def _maybe_card(path: Path) -> dict:
     try:
-        card = json.loads(safe_io.read_capped(path, MAX_CARD, "card"))   # a planted FIFO must not hang
+        return as_card(safe_io.read_capped(path, MAX_CARD, "card"))   # a planted FIFO must not hang
+    except (OSError, ValueError):               # DataError (a FIFO, too large) is a ValueError
+        return {}
+
+
+def as_card(raw: bytes | None) -> dict:
+    """A card's JSON, {} for anything else (another JSON file beside the shards)."""
+    try:
+        card = json.loads(raw) if raw is not None else {}
         return card if isinstance(card, dict) and isinstance(card.get("splits"), dict) else {}
-    except (OSError, ValueError, AttributeError):
+    except (ValueError, AttributeError):
         return {}

@@ -19,14 +19,20 @@ copied.
   - splits: SOURCE's tars are train, or SOURCE/train/, SOURCE/val/ (or validation/), SOURCE/test/
     hold each split's tars; --val-fraction carves val from train. Other files (img2dataset's
     .parquet and _stats.json beside its tars) are not read.
+  - in a bucket: SOURCE may be `s3://b/p/x-{000..009}.tar` (a brace pattern: train), one tar's
+    URL, or a bucket folder laid out as above (`gs://` too). The tars are read through fsspec
+    (pipeline/remote.py), never a shell, in both passes; the manifest's `source` is then the
+    tar's URL with `::N`.
 A sample without a label member, or with one that does not parse, is skipped and listed with
 its shard; a cut-off or damaged tar keeps the samples before the damage and is named too."""
 import json
 from pathlib import Path
 
+import braceexpand
 import numpy as np
 import pyarrow as pa
 
+from pipeline import remote
 from pipeline.records import make_key, split_member
 from pipeline.shards import DataError
 from pipeline.tario import iter_tar
@@ -40,15 +46,42 @@ def is_member(source) -> bool:
     return isinstance(source, str) and ".tar" + SEP in source and source.rsplit(SEP, 1)[1].isdigit()
 
 
-def find_tars(root: Path) -> dict[str, list[Path]]:
-    if root.is_file():
+def find_tars(root) -> dict[str, list]:
+    """split -> the tars to adopt (Paths, or URLs for a source in a bucket)."""
+    if remote.is_object_url(root):
+        found = _bucket_tars(root)
+    elif root.is_file():
         return {"train": [root]}
-    dirs = {SPLIT_DIRS[d.name]: d for d in sorted(root.iterdir()) if d.is_dir() and d.name in SPLIT_DIRS}
-    found = {split: sorted(d.glob("*.tar")) for split, d in dirs.items()} if dirs else {"train": sorted(root.glob("*.tar"))}
+    else:
+        dirs = {SPLIT_DIRS[d.name]: d for d in sorted(root.iterdir()) if d.is_dir() and d.name in SPLIT_DIRS}
+        found = {split: sorted(d.glob("*.tar")) for split, d in dirs.items()} if dirs else {"train": sorted(root.glob("*.tar"))}
     found = {s: t for s, t in found.items() if t}
     if not found:
         raise DataError(f"wds source {root}: no .tar files (in it, or in train/, val/, test/)")
     return found
+
+
+def _bucket_tars(url: str) -> dict[str, list[str]]:
+    """The same layouts in a bucket: a brace pattern or one tar (train, each one must exist),
+    or a folder of tars or of train/, val/, test/ folders of them."""
+    if url.endswith(".tar"):
+        tars = list(braceexpand.braceexpand(url))
+        listed = {folder: remote.sizes(folder) for folder in {t.rsplit("/", 1)[0] for t in tars}}
+        missing = [t for t in tars if t.rsplit("/", 1)[1] not in listed[t.rsplit("/", 1)[0]]]
+        if missing:
+            raise DataError(f"wds source: {missing[0]} not found" + (f" (and {len(missing) - 1} more)" if missing[1:] else ""))
+        return {"train": tars}
+    dirs = {SPLIT_DIRS[d]: remote.join(url, d) for d in remote.folders(url) if d in SPLIT_DIRS}
+    return {split: [remote.join(folder, f) for f in sorted(remote.sizes(folder)) if f.endswith(".tar")]
+            for split, folder in (dirs or {"train": url}).items()}
+
+
+def _open(tar):
+    return remote.open_url(tar) if remote.is_object_url(tar) else open(tar, "rb")
+
+
+def _size(tar) -> int:
+    return remote.size(tar) if remote.is_object_url(tar) else Path(tar).stat().st_size
 
 
 def parse_label_field(spec: str) -> tuple[str, str]:
@@ -74,7 +107,7 @@ def label_of(kind: str, field: str, data: bytes):
     return int(text) if kind == "cls" else (int(text) if text.lstrip("-").isdigit() else text)
 
 
-def scan(tar: Path, rel: str, kind: str, field: str, skipped: list) -> list[tuple[str, object, str]]:
+def scan(tar, rel: str, kind: str, field: str, skipped: list) -> list[tuple[str, object, str]]:
     """(key, label, source) per sample with an image, in tar order; problems go to `skipped`."""
     images: dict[str, int] = {}             # key -> ordinal among the image members taken
     order = [0]
@@ -90,7 +123,7 @@ def scan(tar: Path, rel: str, kind: str, field: str, skipped: list) -> list[tupl
 
     labels: dict[str, object] = {}
     try:
-        with open(tar, "rb") as f:
+        with _open(tar) as f:
             for name, data in iter_tar(f, want):
                 key = split_member(name)[0]
                 try:
@@ -111,11 +144,11 @@ def scan(tar: Path, rel: str, kind: str, field: str, skipped: list) -> list[tupl
     return out
 
 
-def cut_off(f, tar: Path) -> None:
+def cut_off(f, tar) -> None:
     """EOFError when the scan ended past the file's end (a member seeked past was cut off) or the
     tar lacks its end-of-archive blocks (cut at a member boundary): the readers' seek past
     image members finds neither by itself."""
-    size = tar.stat().st_size
+    size = _size(tar)
     if f.tell() > size:
         raise EOFError("tar cut off inside a member")
     f.seek(max(0, size - 1024))
@@ -136,15 +169,17 @@ def class_list(spec: str, seen: list) -> tuple[list[str], bool]:
     return sorted(set(seen)), False
 
 
-def wds(root: Path, val_fraction: float, seed: int, classes: str = "", label_field: str = "cls"):
+def wds(root, val_fraction: float, seed: int, classes: str = "", label_field: str = "cls"):
     """make_shards' `wds` format -> sources.Source (sources as TAR::N, relative to root)."""
     from pipeline.convert.columns import Records
     from pipeline.convert.sources import Source, carve_val
     kind, field = parse_label_field(label_field)
-    base = root if root.is_dir() else root.parent
+    in_bucket = remote.is_object_url(root)
+    base = None if in_bucket else root if root.is_dir() else root.parent   # bucket sources: whole URLs
     skipped, per_split = [], {}
     for split, tars in find_tars(root).items():
-        per_split[split] = [r for t in tars for r in scan(t, t.relative_to(base).as_posix(), kind, field, skipped)]
+        per_split[split] = [r for t in tars
+                            for r in scan(t, t if in_bucket else t.relative_to(base).as_posix(), kind, field, skipped)]
     seen = [label for recs in per_split.values() for _, label, _ in recs]
     names, by_id = class_list(classes, seen)
     index = {n: i for i, n in enumerate(names)}
@@ -156,7 +191,7 @@ def wds(root: Path, val_fraction: float, seed: int, classes: str = "", label_fie
             raise DataError(f"wds: {split} sample {bad[0]!r} label {bad[1]!r} is outside the {len(names)} classes")
         splits[split] = Records(pa.array([k for k, _, _ in recs], pa.string()), ids.astype(np.int32),
                                 np.full(len(recs), -1, np.int32), pa.array([s for _, _, s in recs], pa.string()),
-                                root=str(base))
+                                root=None if base is None else str(base))
     if "val" not in splits and val_fraction > 0 and "train" in splits:
         splits["train"], splits["val"] = carve_val(splits["train"], val_fraction, seed)
     return Source(names, splits, augment={"size": 224, "crop": "random_resized", "flip": True}, skipped=skipped)
@@ -175,7 +210,7 @@ def member_bytes(source: str) -> bytes:
     if _OPEN.get("tar") != tar or n < _OPEN["next"]:
         if "file" in _OPEN:
             _OPEN["file"].close()
-        f = open(tar, "rb")
+        f = _open(tar)
         _OPEN.update(tar=tar, file=f, next=0,
                      members=iter_tar(f, lambda name: split_member(name)[1].lower() in FORMATS))
     try:

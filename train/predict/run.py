@@ -15,7 +15,7 @@ from models.backbones import create_backbone, load_classifier_weights
 from pipeline import loader as data
 from pipeline import progress, safe_io
 from pipeline.cpu import ReadSpec
-from pipeline.shards import DataError, Part, read_card, shard_counts
+from pipeline.shards import DataError, Part, names_card, read_card, shard_counts
 from train import checkpoint
 from train.predict import evaluation, export, infer, outputs
 
@@ -49,7 +49,7 @@ def dataset(cfg, opts: Options):
     val and test shards too, so the card's other splits, which prediction never reads (and
     which are not local when the shards are in a bucket), are not looked up."""
     if opts.data:
-        folder = len(opts.data) == 1 and Path(opts.data[0]).is_dir()
+        folder = len(opts.data) == 1 and names_card(opts.data[0])     # a local or a bucket folder
         ds = data.resolve(*(opts.data,) * (1 if folder else 3), trust=opts.trust_urls)
         if folder and opts.split not in ds.urls:
             raise DataError(f"--data {opts.data[0]}: the dataset has no {opts.split!r} split")
