@@ -28,7 +28,11 @@ class Batch:
     index: torch.Tensor         # (B,) int64 global sample index (the key of the noise table)
     skipped: list = field(default_factory=list)   # [(shard, key, reason)] since the last batch
     pad: bool = False           # a repeat that keeps DDP ranks in step: zero loss weight, no metrics
-    position: dict | None = None  # {stream: batches consumed} once this batch is taken: a resume point
+    # {stream: batches consumed} once this batch is taken: a resume point. The data position's
+    # one holder: prefetching runs the loader ahead of the step, so the loader's count is not the
+    # trained one; the loop saves the position of the batch it last trained on (meta.json's
+    # "position" is only its serialization, one per rank).
+    position: dict | None = None
 
     def __len__(self) -> int:
         return self.labels.shape[0]

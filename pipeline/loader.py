@@ -185,17 +185,17 @@ class Loader:
     def __call__(self, epoch: int, start: dict | None = None):
         """This rank's batches; under DDP training, padded with zero-weight repeats up to
         steps(epoch). Padding is bounded by the largest rank's surplus and never counted.
-        `start` ({worker: batches consumed}, a saved `position`) resumes inside the epoch;
-        each batch carries the position once it is taken (Batch.position)."""
-        self.position = {int(k): v for k, v in (start or {}).items()}
+        `start` ({stream: batches consumed}, a saved position) resumes inside the epoch;
+        each batch carries the position once it is taken (Batch.position, the one holder)."""
+        start = {int(k): v for k, v in (start or {}).items()}
         if self.cache:
-            yield from self._replay(epoch)
+            yield from self._replay(epoch, start)
             return
-        batches = self._batches(epoch)
+        batches = self._batches(epoch, start)
         if self.part.world == 1 or not self.spec.train:
             yield from batches
             return
-        steps, taken, last = self.steps(epoch), sum(self.position.values()), None
+        steps, taken, last = self.steps(epoch), sum(start.values()), None
         for batch in batches:
             if len(batch) and taken == steps:   # more than the card promised: keep ranks in step
                 batch = Batch(batch.images[:0], batch.labels[:0], batch.clean[:0], batch.index[:0],
@@ -208,28 +208,33 @@ class Loader:
         for _ in range(steps - taken):
             yield Batch(last.images, last.labels, last.clean, last.index, [], pad=True, position=last.position)
 
-    def _replay(self, epoch: int):
+    def _replay(self, epoch: int, start: dict):
         if self._cached is None:
             kept = []
-            for batch in self._batches(epoch):
+            for batch in self._batches(epoch, start):
                 kept.append(batch)
                 yield batch
             self._cached = kept          # only a whole pass is kept
         else:
             yield from self._cached
 
-    def _batches(self, epoch: int):
+    def _batches(self, epoch: int, start: dict):
         order = self.shard_order(epoch)
         # evaluation has no collective inside the loop, so a rank may have no shard there
         mine = shards.for_rank(order, self.part) if self.spec.train else order[self.part.rank::self.part.world]
-        source = self._backend(epoch, mine, self.select.mask(epoch), self.select.keys(epoch), self.position)
+        source = self._backend(epoch, mine, self.select.mask(epoch), self.select.keys(epoch), dict(start))
+        # The position is counted here, as batches leave round_robin, and stamped on each one:
+        # the workers and prefetching run ahead of the step, so only the batch itself knows how
+        # far the data had got when it was made (a local, not the loader's: it is this
+        # iteration's, and a loader attribute would be a second holder that runs ahead).
+        taken = dict(start)
         for t in round_robin(source, self._backend.streams):
             given = self.noise.apply(t.labels, t.index) if self.noise is not None and len(t.labels) else t.labels
             if t.n >= 0:
-                self.position[t.worker] = t.n + 1
+                taken[t.worker] = t.n + 1
             elif not t.skipped:
                 continue                    # a bare end marker: nothing to report
-            yield Batch(t.images, given, t.clean, t.index, t.skipped, position=dict(self.position))
+            yield Batch(t.images, given, t.clean, t.index, t.skipped, position=dict(taken))
 
 
 def round_robin(tagged, streams: int):

@@ -67,19 +67,17 @@ def test_ce_objective_is_cross_entropy_and_touches_the_predictor():
 def test_recipe_sets_a_quarter_of_the_budget_and_the_classifier_backbone_for_the_predictor():
     assert [init_epochs(e) for e in (3, 4, 30, 60, 200)] == [0, 1, 7, 15, 15]
     argv = ["--data", "x", "--method", "limit", "--model", "mnist_cnn", "--epochs", "60"]
-    cfg = config.parse(argv)
-    changed = apply_recipe(cfg, {"augment": {"crop": "none"}}, config.given(argv))
+    cfg, changed = apply_recipe(config.parse(argv), {"augment": {"crop": "none"}}, config.given(argv))
     assert cfg.init_epochs == 15 and "predictor_model" not in changed   # the CE model starts the predictor
     argv2 = argv + ["--init-epochs", "0"]
-    cfg2 = config.parse(argv2)
-    apply_recipe(cfg2, {"augment": {"crop": "none"}}, config.given(argv2))
+    cfg2, _ = apply_recipe(config.parse(argv2), {"augment": {"crop": "none"}}, config.given(argv2))
     assert cfg2.init_epochs == 0 and cfg2.predictor_model == "mnist_cnn_bn"
 
 
 def test_auto_loss_without_a_phase_is_refused():
-    cfg = config.parse(["--data", "x", "--method", "limit", "--predictor-loss", "auto", "--epochs", "3"])
-    apply_recipe(cfg, {"augment": {"crop": "none"}}, config.given(["--data", "x", "--method", "limit",
-                                                                    "--predictor-loss", "auto", "--epochs", "3"]))
+    cfg, _ = apply_recipe(config.parse(["--data", "x", "--method", "limit", "--predictor-loss", "auto", "--epochs", "3"]),
+                          {"augment": {"crop": "none"}}, config.given(["--data", "x", "--method", "limit",
+                                                                       "--predictor-loss", "auto", "--epochs", "3"]))
     with pytest.raises(config.ConfigError, match="needs --init-epochs"):
         config.check_resolved(cfg)
 

@@ -68,7 +68,7 @@ def test_config_default_and_choices():
 def recipe_of(argv, card=DIGITS):
     from train.recipe import apply_recipe
     cfg = config.parse(["--data", "x", *argv])
-    return cfg, apply_recipe(cfg, card, config.given(["--data", "x", *argv]))
+    return apply_recipe(cfg, card, config.given(["--data", "x", *argv]))
 
 
 def test_limit_gets_the_recipe_for_flags_left_at_their_defaults():

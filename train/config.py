@@ -1,5 +1,7 @@
-"""One typed config: every flag, its default, unit and reason in one place. The resolved
-config is written to OUT/config.json and into every checkpoint."""
+"""One typed config: every flag, its default, unit and reason in one place. A Config is frozen:
+train/resolve.py makes the run's one resolved value (the recipe applied, shard paths absolute)
+before anything is built, and that value is written to OUT/config.json and into every
+checkpoint; a change is a new value (dataclasses.replace), never an assignment."""
 import argparse
 import dataclasses
 import json
@@ -17,7 +19,7 @@ def opt(default, help: str, **kw):
     return field(default=default, metadata={"help": help, **kw})
 
 
-@dataclass
+@dataclass(frozen=True)      # lists stay lists (config.json and resume compare them as JSON)
 class Config:
     # data
     data: list = opt(None, "train shards: brace pattern(s) like 'shards/mnist-{000..009}.tar', or a folder with a card", nargs="+")
@@ -121,10 +123,18 @@ NON_NEGATIVE = ("patience", "balance", "save_every", "workers", "image_size", "m
 AT_MOST = {"image_size": 2048, "batch_size": 1 << 16, "workers": 256, "epochs": 100_000}
 
 
-def validate(cfg: Config) -> Config:
+def flag_of(name: str) -> str:
+    """The command-line spelling of a config field (a field may name its own: --lambda)."""
+    meta = Config.__dataclass_fields__[name].metadata
+    return meta.get("flag", "--" + name.replace("_", "-"))
+
+
+def validate(cfg: Config, given: set | frozenset = frozenset()) -> Config:
+    """The checks every config passes, a command line's or a saved config.json's; `given`
+    (the fields the command line typed, given()) adds the check of which method reads them."""
     for f in dataclasses.fields(cfg):      # inf and nan parse as floats, and train to NaN
         if f.type is float and not math.isfinite(getattr(cfg, f.name)):
-            raise ConfigError(f"{f.metadata.get('flag', '--' + f.name.replace('_', '-'))} must be a finite number, got {getattr(cfg, f.name)}")
+            raise ConfigError(f"{flag_of(f.name)} must be a finite number, got {getattr(cfg, f.name)}")
     if cfg.overwrite and cfg.resume:
         raise ConfigError("--overwrite starts afresh and --resume continues: pass one of them")
     for name in POSITIVE:
@@ -144,18 +154,12 @@ def validate(cfg: Config) -> Config:
         raise ConfigError(f"--model-ema-decay must be in (0, 1), got {cfg.model_ema_decay}")
     if cfg.softreg_lambda < 0:
         raise ConfigError(f"--lambda must be >= 0, got {cfg.softreg_lambda}")
-    if cfg.predictor_warmup and cfg.method != "limit":
-        raise ConfigError(f"--predictor-warmup trains LIMIT's predictor alone first: it needs --method limit, got {cfg.method}")
-    if cfg.init_epochs and REGISTRY.get(cfg.method) and REGISTRY[cfg.method].second_net != "predictor":
-        raise ConfigError(f"--init-epochs starts LIMIT's networks from a CE phase: it needs --method limit, got {cfg.method}")
     if cfg.init_epochs and cfg.init_from:
         raise ConfigError("--init-epochs trains the CE model in this run and --init-from reads one: pass one of them")
     if cfg.init_epochs and cfg.init_epochs >= cfg.epochs:
         raise ConfigError(f"--init-epochs {cfg.init_epochs} leaves no LIMIT epoch in --epochs {cfg.epochs}")
     if cfg.init_epochs and cfg.predictor == "head" and cfg.init_target != "classifier":
         raise ConfigError("--init-epochs with --predictor head: only --init-target classifier (the head has no backbone)")
-    if cfg.grad_noise and cfg.method != "ce":
-        raise ConfigError(f"--grad-noise is CE + GN / LN: it needs --method ce, got {cfg.method}")
     if cfg.grad_noise and not cfg.grad_noise_sigma > 0:
         raise ConfigError("--grad-noise needs --grad-noise-sigma > 0")
     if not 0 <= cfg.max_skip_frac <= 1:
@@ -164,7 +168,20 @@ def validate(cfg: Config) -> Config:
         raise ConfigError(f"--method {cfg.method!r}: not one of {', '.join(sorted(REGISTRY))}")
     if REGISTRY[cfg.method].fine_tunes and not cfg.init_from:
         raise ConfigError(f"--method {cfg.method} fine-tunes a CE model: pass --init-from RUN")
+    check_owned(cfg.method, given)        # last: a bad value is named as such, under any method
     return cfg
+
+
+def check_owned(method: str, given) -> None:
+    """A flag typed on the command line that only other methods read (their REGISTRY entry's
+    `flags`) is refused: the run would silently ignore it (--beta under --method ce). Only what
+    was typed counts, at any value: a value set by the recipe or read from a saved config.json
+    is no user's request, and an older run's config.json that holds one must stay readable."""
+    for name in sorted(given):
+        owners = sorted(m for m, obj in REGISTRY.items() if name in obj.flags)
+        if owners and method not in owners:
+            raise ConfigError(f"{flag_of(name)} is read by --method {' and '.join(owners)} only: "
+                              f"it needs --method {' or '.join(owners)}, got {method}")
 
 
 def check_resolved(cfg: Config) -> None:
@@ -184,5 +201,6 @@ def given(argv=None) -> set[str]:
 
 
 def parse(argv=None) -> Config:
+    """The command line as typed, checked (no recipe yet: train/resolve.py adds it)."""
     args = build_parser().parse_args(argv)
-    return validate(Config(**vars(args)))
+    return validate(Config(**vars(args)), given(argv))

@@ -25,7 +25,7 @@ from train import checkpoint, config, init_phase, runfolder, setup  # noqa: E402
 from train.loop import Diverged, Run, fit, stop_on_interrupt  # noqa: E402
 from train.objectives import REGISTRY, make_objective  # noqa: E402
 from train.fano import run_summary  # noqa: E402
-from train.recipe import apply_recipe  # noqa: E402
+from train.resolve import Resolved, resolve  # noqa: E402
 from train.report import write_curves  # noqa: E402
 
 USER_ERRORS = (config.ConfigError, DataError, ModelError, checkpoint.CheckpointError, Diverged)
@@ -43,22 +43,22 @@ def prepare_out(cfg) -> Path:
 
 
 def main(argv=None) -> int:
-    cfg = config.parse(argv)
-    # absolute, so that config.json names the shards wherever it is read from (rank_labels)
-    cfg.data, cfg.val_data, cfg.test_data = (absolute_specs(v) for v in (cfg.data, cfg.val_data, cfg.test_data))
+    res = resolve(argv)               # the one frozen config, recipe included, before anything is built
+    cfg = res.cfg
     acc = Accelerator(mixed_precision=cfg.mixed_precision or None,
                       log_with=cfg.log_with or None, project_dir=cfg.out)
     out = prepare_out(cfg)
     lock = runfolder.RunLock(out).acquire() if acc.is_main_process else None
     try:
-        return train(cfg, acc, out, config.given(argv))
+        return train(res, acc, out)
     finally:
         if lock:
             lock.release()
 
 
-def train(cfg, acc, out: Path, given: set) -> int:
+def train(res: Resolved, acc, out: Path) -> int:
     """The run, with --out locked: refuse or replace another run, or continue this one."""
+    cfg, ds, recipe = res.cfg, res.ds, res.recipe
     runfolder.claim(out, cfg.resume, cfg.overwrite, acc.is_main_process)
     if cfg.resume == "auto" and (final := runfolder.finished(out, cfg.epochs)):
         acc.print(f"{out}: the run finished ({final['epochs']} epochs"
@@ -67,9 +67,6 @@ def train(cfg, acc, out: Path, given: set) -> int:
         return 0
     setup.seed_everything(cfg.seed)
     # ---- data ----
-    ds = data.resolve(cfg.data, cfg.val_data, cfg.test_data, cfg.trust_urls)
-    recipe = apply_recipe(cfg, ds.card, given)    # --recipe auto (RESULTS.md, "Tuning")
-    config.check_resolved(cfg)
     rd = data.run_data(ds, cfg, part=Part(acc.process_index, acc.num_processes))   # as rank_labels reads it
     aug, noise, fixes, loaders, backend_note = rd.aug, rd.noise, rd.fixes, rd.loaders, rd.backend_note
     n_train = rd.count("train")

@@ -38,7 +38,6 @@ class Run:
     skipped: list = field(default_factory=list)   # (shard, key, reason, epoch) this session
     n_skipped: int = 0                  # samples skipped in this epoch's passes (train, val, test)
     ema: object = None                  # models.ema.Ema of the classifier (--model-ema)
-    position: dict = field(default_factory=dict)  # the train data position of the last batch taken
     init: init_phase.InitPhase | None = None      # --init-epochs: the CE phase before LIMIT
     method_objective: object = None     # the --method's objective; `objective` is this epoch's
 
@@ -61,12 +60,14 @@ class Run:
         self.skipped += [(*s, epoch) for s in records]
         self.n_skipped += sum(1 for s in records if s[1])    # a key: one sample lost
 
-    def save(self, name: str, meta: dict) -> None:
-        """All ranks call it (positions are gathered); the main process writes."""
+    def save(self, name: str, meta: dict, position: dict | None = None) -> None:
+        """All ranks call it; the main process writes. A mid-epoch checkpoint (meta's in_epoch)
+        records `position`, the Batch.position of the batch this rank last trained on, as
+        meta["position"]: every rank's, gathered."""
         meta = {**meta, "step": self.step, "best": self.best, "n_skipped": self.n_skipped,
                 "config": vars(self.cfg), "init_phase": self.init.state() if self.init else None}
         if meta.get("in_epoch"):
-            meta["position"] = gather_object([self.position])
+            meta["position"] = gather_object([position])
         if self.accelerator.is_main_process:
             checkpoint.save(self.out / "checkpoints" / name, self.accelerator.unwrap_model(self.model),
                             self.optimizer, meta, self.ema)
@@ -88,13 +89,12 @@ def train_epoch(run: Run, epoch: int, resume: dict | None = None) -> dict:
         stop_if_asked()
         wait += time.perf_counter() - t_wait
         run.note_skips(batch.skipped, epoch)
-        run.position = batch.position or run.position
         if len(batch):
             train_step(run, run.device_batch(batch), meter)
             bar.update()
             if run.cfg.save_every and run.step % run.cfg.save_every == 0:          # ---- mid-epoch save
                 check_finite(run, meter, epoch)
-                run.save("last", {"epoch": epoch, "in_epoch": True, "meter": meter.state()})
+                run.save("last", {"epoch": epoch, "in_epoch": True, "meter": meter.state()}, batch.position)
         t_wait = time.perf_counter()
     bar.close()
     wall = time.perf_counter() - t0

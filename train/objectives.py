@@ -3,8 +3,10 @@ with `out` the model's `Outputs` and `stats` a dict of detached scalar tensors (
 train_<name> in metrics.jsonl). The loop never branches on the method.
 
 REGISTRY (bottom of this file) is the one place that names the objectives: the config's
---method choices, the model builder (train/setup.py) and rank_labels (tools/review/ranking.py:
-which network scores a sample, with which norm) read what each entry declares. Adding an objective = one function and one `register(Objective(...))`."""
+--method choices and its check of which flags a method takes (train/config.py), the model
+builder (train/setup.py) and rank_labels (tools/review/ranking.py: which network scores a
+sample, with which norm) read what each entry declares. Adding an objective = one function and
+one `register(Objective(...))`."""
 from dataclasses import dataclass
 from functools import partial
 from typing import Callable
@@ -129,6 +131,9 @@ class Objective:
     fine_tunes: bool = False      # starts from a CE model: --init-from is required
     transition: bool = False      # needs a noise transition matrix (FW: --transition or estimated)
     score: Score = Score()        # how rank_labels scores its samples
+    flags: frozenset = frozenset()   # the config fields only this objective (and others that
+                                  # list them too) reads: typed under another --method they would
+                                  # be silently ignored, so train/config.py refuses them there
     doc: str = ""
 
 
@@ -146,18 +151,26 @@ def _ce(cfg, transition=None):
     return ce
 
 
-register(Objective("ce", _ce, doc="cross-entropy (with --grad-noise: CE + GN / LN)"))
+# Flags no entry lists (--init-from, --recipe, the data, optimization and run flags) are every
+# method's: --init-from starts LIMIT's networks or fine-tunes a baseline's classifier alike.
+register(Objective("ce", _ce, flags=frozenset({"grad_noise", "grad_noise_sigma"}),
+                   doc="cross-entropy (with --grad-noise: CE + GN / LN)"))
 register(Objective("limit", lambda cfg, t=None: partial(limit, predictor_loss=cfg.predictor_loss, beta=cfg.beta,
                                                         sample=cfg.sample_dist if cfg.sample else "", sigma=cfg.sigma),
                    second_net="predictor", score=Score("predictor", "predictor_loss"),
+                   flags=frozenset({"predictor", "predictor_model", "predictor_loss", "predictor_warmup", "beta",
+                                    "sample", "sample_dist", "sigma", "init_target", "init_epochs", "init_patience"}),
                    doc="LIMIT: the classifier learns from predicted gradients"))
 register(Objective("mae", lambda cfg, t=None: mae, doc="mean absolute error (Ghosh et al.)"))
-register(Objective("gce", lambda cfg, t=None: partial(gce, q=cfg.gce_q), doc="generalized CE (Zhang & Sabuncu)"))
+register(Objective("gce", lambda cfg, t=None: partial(gce, q=cfg.gce_q), flags=frozenset({"gce_q"}),
+                   doc="generalized CE (Zhang & Sabuncu)"))
 register(Objective("fw", lambda cfg, t=None: partial(fw, transition=t), fine_tunes=True, transition=True,
-                   doc="forward correction (Patrini et al.)"))
+                   flags=frozenset({"transition"}), doc="forward correction (Patrini et al.)"))
 register(Objective("dmi", lambda cfg, t=None: dmi, fine_tunes=True, doc="determinant mutual information (Xu et al.)"))
+# softreg's auxiliary network is built from --predictor-model (train/setup.py), its beta term is --beta
 register(Objective("softreg", lambda cfg, t=None: partial(softreg, lambda_=cfg.softreg_lambda, beta=cfg.beta),
-                   second_net="aux", doc="the paper's soft regularization (eq. 8)"))
+                   second_net="aux", flags=frozenset({"softreg_lambda", "beta", "predictor_model"}),
+                   doc="the paper's soft regularization (eq. 8)"))
 
 
 def make_objective(cfg, transition: torch.Tensor | None = None):

@@ -1,6 +1,7 @@
 """LIMIT's default recipe (--recipe auto): the flags --method limit sets when the command line
 leaves them at their defaults. Kept apart from the objectives (train/objectives.py), which
 define what is optimized; this module decides how long and with what settings."""
+from dataclasses import replace
 
 
 # ---- LIMIT's 60-epoch recipe (--recipe auto; RESULTS.md, "Tuning", issue 17) ----------------
@@ -19,13 +20,14 @@ LIMIT_INIT_MAX = 15
 LIMIT_INIT_TARGET = "both"
 
 
-def apply_recipe(cfg, card: dict, given: set) -> dict:
-    """--recipe auto under --method limit: set the flags in LIMIT_RECIPE (and the predictor
+def apply_recipe(cfg, card: dict, given: set) -> tuple:
+    """--recipe auto under --method limit: the flags in LIMIT_RECIPE (and the predictor
     backbone and --augment) that the command line did not give (`given`: train.config.given)
-    to the recipe's values. Returns {flag: (old, new)} for what changed; nothing with
-    --recipe none or another method, so the old behaviour stays one flag away."""
+    at the recipe's values. Returns (a new config, {flag: (old, new)} for what changed); `cfg`
+    itself is frozen and stays as it was (train/resolve.py). Nothing changes with --recipe none
+    or another method, so the old behaviour stays one flag away."""
     if cfg.recipe != "auto" or cfg.method != "limit":
-        return {}
+        return cfg, {}
     want = dict(LIMIT_RECIPE)
     if "init_epochs" not in given and not cfg.init_from and cfg.predictor == "network":
         want["init_epochs"] = init_epochs(cfg.epochs)
@@ -40,12 +42,9 @@ def apply_recipe(cfg, card: dict, given: set) -> dict:
         want["predictor_model"] = LIMIT_PREDICTOR[cfg.model]
     if card.get("augment", {}).get("crop", "none") == "none":
         want["augment"] = LIMIT_AUGMENT
-    changed = {}
-    for key, value in want.items():
-        if key not in given and getattr(cfg, key) != value:
-            changed[key] = (getattr(cfg, key), value)
-            setattr(cfg, key, value)
-    return changed
+    changed = {key: (getattr(cfg, key), value) for key, value in want.items()
+               if key not in given and getattr(cfg, key) != value}
+    return replace(cfg, **{key: new for key, (_, new) in changed.items()}), changed
 
 
 def init_epochs(epochs: int) -> int:

@@ -1,7 +1,7 @@
 """Scoring a training run: its config and checkpoint read back (they may come from a
 stranger), the split read as the run read it, every sample scored, the ranking's outputs
 (label_scores.parquet, summary.json, suspects.csv, suspects.png) written."""
-from dataclasses import fields
+from dataclasses import fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -26,8 +26,8 @@ def load_run(args):
         raise config.ConfigError(f"--run {run}: no config.json (not a training run folder)")
     cfg = saved_config(run / "config.json", args.trust_urls)
     if args.data:                      # shards moved: the other splits come from the card
-        cfg.data, cfg.val_data, cfg.test_data = list(args.data), None, None
-    cfg.pretrained, cfg.init_from = "", ""   # weights come from the checkpoint
+        cfg = replace(cfg, data=list(args.data), val_data=None, test_data=None)
+    cfg = replace(cfg, pretrained="", init_from="")   # weights come from the checkpoint
     if args.checkpoint in ("best", "last"):
         ckpt = run / "checkpoints" / args.checkpoint
         if not (ckpt / "model.safetensors").is_file():
