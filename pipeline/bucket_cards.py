@@ -53,6 +53,14 @@ def origin(card_path) -> str | None:
     return f"{sch}://{'/'.join(parts)}/" if parts else None
 
 
+def shard_folder(card_path) -> str | Path:
+    """Where a card's shards are: its bucket folder for a card fetched from a bucket (the
+    cache holds the card and manifest only), else the card's own folder. What reads a sample's
+    image by its manifest row (pipeline.records.find_images: thumbnails, suspects, exports)
+    looks there."""
+    return origin(card_path) or Path(card_path).parent
+
+
 def cached_card(shard_url: str) -> Path | None:
     """The cached card of a shard URL's dataset, when the cache holds one."""
     folder, file = shard_url.rsplit("/", 1)

@@ -111,17 +111,23 @@ def error_text(e: Exception) -> str:
 
 def find_images(shard_dir, wanted: dict):
     """(shard, key, image bytes) for the wanted {shard name: keys}, each shard read once, its
-    other members seeked past (pipeline.tario). Shards are names beside their card, never
-    paths (a manifest may come from a stranger); a moved or damaged shard gives what it has."""
+    other members seeked past (pipeline.tario). `shard_dir` is where the card's shards are: a
+    local folder, or the bucket folder of a card fetched from a bucket (an `s3://`/`gs://`
+    URL, pipeline.bucket_cards.shard_folder; its cache holds no shard), read through fsspec as
+    the loaders read it, never a shell. Shards are names beside their card, never paths (a
+    manifest may come from a stranger); a moved or damaged shard gives what it has."""
     from pathlib import Path
 
+    from pipeline import remote
     from pipeline.tario import iter_tar
+    in_bucket = remote.is_object_url(shard_dir)
     for shard, keys in wanted.items():
-        if not isinstance(shard, str) or Path(shard).name != shard:
+        if not isinstance(shard, str) or Path(shard).name != shard or shard in ("", ".", ".."):
             continue
         left = set(keys)
         try:
-            with open(Path(shard_dir) / shard, "rb", buffering=0) as f:
+            with (remote.open_url(remote.join(shard_dir, shard)) if in_bucket
+                  else open(Path(shard_dir) / shard, "rb", buffering=0)) as f:
                 for name, data in iter_tar(f, lambda n: split_member(n)[0] in left):
                     key, ext = split_member(name)
                     if ext in IMAGE_EXTS and key in left:

@@ -2,6 +2,10 @@
 on a folder of image files, the numbers against independent computations, and the timm
 export loaded by plain timm giving the same predictions."""
 import json
+import os
+import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -86,6 +90,52 @@ def test_image_folder_predictions_name_a_damaged_file(cnn_run, digit_pngs, tmp_p
     assert not (out / "report.json").exists()                       # no labels, no report
     summary = json.loads((out / "summary.json").read_text())
     assert summary["skipped"] == 1 and summary["skipped_records"][0][0].endswith("broken.png")
+
+
+@pytest.fixture(scope="module")
+def odd_shards(tmp_path_factory):
+    """A test split of 151 samples in 3 shards (60, 60, 31): 2 processes read 2 shards and 1,
+    and neither the samples nor the shards divide by 2."""
+    return make_digit_shards(tmp_path_factory.mktemp("odd"), n_train=100, n_test=151, shard_size=60)
+
+
+LAUNCHER = os.path.join(os.path.dirname(sys.executable), "accelerate")
+
+
+@pytest.mark.skipif(shutil.which("accelerate", path=os.path.dirname(sys.executable)) is None,
+                    reason="accelerate's launcher is not installed beside this python")
+@pytest.mark.parametrize("source", ["data", "images"])
+def test_two_processes_predict_what_one_does(cnn_run, odd_shards, digit_pngs, tmp_path, source):
+    """`accelerate launch --num_processes 2` (gloo on the CPU, as tests/test_ddp.py runs DDP):
+    each process reads its share (shards round-robin, image files every 2nd), the main one
+    gathers and writes; the table equals one process's, row for row, none lost or doubled."""
+    args = (["--data", str(odd_shards), "--split", "test"] if source == "data"
+            else ["--images", str(digit_pngs)])                  # 12 readable files and a damaged one
+    one, two = tmp_path / "one", tmp_path / "two"
+    assert predict_cli([str(cnn_run), *args, "--workers", "2", "--top-k", "3", "--out", str(one)]) == 0
+    env = {**os.environ, "ACCELERATE_USE_CPU": "true", "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    # --multi_gpu with ACCELERATE_USE_CPU: `--cpu --num_processes 2` alone starts one process
+    cmd = [LAUNCHER, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+           "--dynamo_backend", "no", "--mixed_precision", "no", "tools/predict.py", str(cnn_run), *args,
+           "--workers", "0", "--top-k", "3", "--out", str(two)]
+    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240,
+                         cwd=os.path.dirname(os.path.dirname(__file__)))
+    assert res.returncode == 0, res.stderr[-2000:]
+    summary = json.loads((two / "summary.json").read_text())
+    assert summary["processes"] == 2 and summary["skipped"] == json.loads((one / "summary.json").read_text())["skipped"]
+    a, b = columns(one / "predictions.parquet"), columns(two / "predictions.parquet")
+    assert a["_names"] == b["_names"]
+    n = 151 if source == "data" else 12
+    assert len(b["index"]) == len(set(b["index"])) == n
+    for c in a["_names"]:
+        if c.startswith("prob"):
+            np.testing.assert_allclose(b[c], a[c], rtol=0, atol=1e-6)
+        else:
+            assert (a[c] == b[c]).all(), c
+    assert (two / "predictions.csv").read_text().count("\n") == n + 1
+    if source == "data":
+        assert json.loads((two / "report.json").read_text())["accuracy"] == pytest.approx(
+            json.loads((one / "report.json").read_text())["accuracy"], abs=1e-12)
 
 
 def test_export_loads_in_plain_timm_with_the_same_predictions(resnet_run, digit_pngs, tmp_path):

@@ -101,11 +101,55 @@ def rank_and_predict(run, row: dict, *data: str) -> None:
     from tools.rank_labels import cli as rank_cli
     labels, pred = run.parent / f"{run.name}-labels", run.parent / f"{run.name}-pred"
     assert rank_cli(["--run", str(run), "--out", str(labels), "--workers", "2"]) == 2
-    assert rank_cli(["--run", str(run), "--out", str(labels), "--workers", "2", "--trust-urls"]) == 0
+    assert rank_cli(["--run", str(run), "--out", str(labels), "--workers", "2", "--trust-urls", "--fiftyone", "6"]) == 0
     assert json.loads((labels / "summary.json").read_text())["n"] == 400
+    images_come_from_the_bucket(run, labels)
     assert predict_cli([str(run), "--data", *data, "--workers", "2", "--out", str(pred), "--trust-urls"]) == 0
     report = json.loads((pred / "report.json").read_text())
     assert report["n"] == 100 and report["accuracy"] == row["test_acc"]
+
+
+def bucket_image(shard: str, key: str) -> bytes:
+    """A sample's image bytes read straight from its shard in s3://shards/digits/ (s3fs and
+    tarfile: nothing of the project's readers)."""
+    data = s3fs.S3FileSystem(skip_instance_cache=True).cat_file(f"shards/digits/{shard}")
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        return tar.extractfile(f"{key}.png").read()
+
+
+def images_come_from_the_bucket(run, labels) -> None:
+    """The card is cached locally and the shards stay in the bucket: the suspects grid, the
+    FiftyOne export and the review page's thumbnails still show the samples' own pixels."""
+    import numpy as np
+    import pyarrow.parquet as pq
+    from PIL import Image
+
+    from tools.review.suspects import draw_suspects
+    from tools.review_labels import cli as review_cli
+    exported = json.loads((labels / "fiftyone" / "labels.json").read_text())["labels"]
+    rows = {r["key"]: r for r in pq.read_table(labels / "label_scores.parquet").to_pylist()}
+    assert len(exported) == 6
+    for key in exported:                   # the bytes as stored, copied out of the bucket's shard
+        assert (labels / "fiftyone" / "data" / f"{key}.png").read_bytes() == bucket_image(rows[key]["shard"], key)
+
+    # suspects.png: MNIST tiles are mostly black; a grid whose images were not found holds
+    # only its captions on white (drawn here from the same tiles, the shards nowhere)
+    def dark(path) -> float:
+        return float((np.asarray(Image.open(path).convert("L")) < 64).mean())
+    tiles = [({"shard": r["shard"], "key": r["key"]}, r["label"], r["label"]) for r in list(rows.values())[:30]]
+    draw_suspects(labels / "blank.png", tiles, [str(c) for c in range(10)], labels / "nowhere", 8)
+    assert dark(labels / "suspects.png") > dark(labels / "blank.png") + 0.3
+
+    page = labels.parent / f"{run.name}-page"
+    assert review_cli(["--labels", str(labels), "--run", str(run), "--out", str(page), "--top", "12",
+                       "--trust-urls"]) == 0
+    thumbs = sorted((page / "thumbs").iterdir())
+    assert len(thumbs) == 12
+    by_index = {r["index"]: r for r in rows.values()}
+    for thumb in thumbs:                   # 28 px digits under the 96 px size: the pixels themselves
+        r = by_index[int(thumb.stem)]
+        want = np.asarray(Image.open(io.BytesIO(bucket_image(r["shard"], r["key"]))).convert("L"))
+        assert np.array_equal(np.asarray(Image.open(thumb)), want) and want.any()
 
 
 def test_train_and_rank_from_the_card_in_a_bucket(bucket, tmp_path, monkeypatch):
@@ -118,6 +162,7 @@ def test_train_and_rank_from_the_card_in_a_bucket(bucket, tmp_path, monkeypatch)
     assert row["samples_seen"] == 400 and row["samples_skipped"] == 0 and row["test_acc"] is not None
     assert json.loads((tmp_path / "run" / "config.json").read_text())["data"] == ["s3://shards/digits/"]
     rank_and_predict(tmp_path / "run", row, "s3://shards/digits/", "--split", "test")   # a split of the bucket's card
+    assert json.loads((tmp_path / "run-pred" / "summary.json").read_text())["split"] == "test"
 
 
 def test_where_a_bucket_shards_card_is_found(bucket, s3, tmp_path, monkeypatch):

@@ -24,7 +24,7 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from pipeline import safe_io, shards  # noqa: E402
+from pipeline import bucket_cards, safe_io, shards  # noqa: E402
 from pipeline.shards import DataError, TRUST_FLAG  # noqa: E402
 from tools.review.label_studio import write_label_studio  # noqa: E402
 from tools.review.noise_matrix import noise_report  # noqa: E402
@@ -66,7 +66,7 @@ def main(argv=None) -> int:
     wanted = {}
     for shard, key, index in zip(top["shard"], top["key"], top["index"]):
         wanted.setdefault(shard, {})[key] = int(index)
-    thumbs = write_thumbs(card_path.parent, wanted, out / "thumbs", args.thumb_size)
+    thumbs = write_thumbs(bucket_cards.shard_folder(card_path), wanted, out / "thumbs", args.thumb_size)
     sources = read_sources(card_path.with_suffix(".parquet"), top["index"])
     rows = page_rows(top, sources, thumbs)
     noise = noise_report(cols, len(classes), summary.get("split", "train"))

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline import safe_io
+from pipeline import bucket_cards, safe_io
 from pipeline.records import find_images
 from pipeline.shards import DataError
 from tools.review.scores import ranks, suggested
@@ -73,7 +73,7 @@ def image_ext(data: bytes) -> str:
     return "webp" if data[:4] == b"RIFF" and data[8:12] == b"WEBP" else ""
 
 
-def write_fiftyone(out: Path, rows: list[dict], classes: list[str], shard_dir: Path) -> tuple[Path, int]:
+def write_fiftyone(out: Path, rows: list[dict], classes: list[str], shard_dir: Path | str) -> tuple[Path, int]:
     """rows: {key, shard, index, label, clean_label, score, rank, predicted, confidence} of the
     samples to export. Returns (folder, samples written); a sample whose shard or image cannot
     be read is left out (labels.json lists only the files written)."""
@@ -116,6 +116,6 @@ def export(s, sink: ProbSink, ds, out: Path, cleanlab: bool, fiftyone: int) -> d
                     "clean_label": int(s.clean[r]), "score": float(s.score[r]), "rank": int(rank[r]),
                     "predicted": suggested(s, int(r)), "confidence": float(probs[w, s.label[r]])}
                    for r, w, k, sh in zip(rows, where, ids["key"].to_pylist(), ids["shard"].to_pylist())]
-        folder, n = write_fiftyone(out, records, ds.classes, ds.card_path.parent)
+        folder, n = write_fiftyone(out, records, ds.classes, bucket_cards.shard_folder(ds.card_path))
         said["fiftyone"] = {"folder": str(folder), "samples": n, "asked": len(records)}
     return said

@@ -129,9 +129,9 @@ def read_sources(manifest: Path, indices: np.ndarray) -> dict[int, str]:
 
 # ---- thumbnails ----
 
-def write_thumbs(shard_dir: Path, wanted: dict, out: Path, size: int) -> dict[int, str]:
+def write_thumbs(shard_dir: Path | str, wanted: dict, out: Path, size: int) -> dict[int, str]:
     """{index: thumbnail path relative to the page} for wanted {shard: {key: index}}, reading
-    each shard once (pipeline.records.find_images)."""
+    each shard once (pipeline.records.find_images; `shard_dir` a folder or a bucket folder's URL)."""
     safe_io.out_dir(out, "thumbs folder")          # a link there is refused
     return {wanted[shard][key]: _thumb(body, out, wanted[shard][key], size)
             for shard, key, body in find_images(shard_dir, wanted)}

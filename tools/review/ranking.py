@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline import loader as data, safe_io
+from pipeline import bucket_cards, loader as data, safe_io
 from pipeline.batch import to_device
 from pipeline.progress import bar as progress_bar
 from pipeline.shards import DataError, Part, check_file_url
@@ -145,6 +145,7 @@ def report(s: Scores, ds, out: Path, args, info: dict) -> dict:
     if args.top:
         write_suspects_csv(out / "suspects.csv", suspect_rows(s, rank, records, ds.classes, args.top))
     tiles = [(records[int(r)], int(s.label[r]), suggested(s, int(r))) for r in picks]
-    draw_suspects(out / "suspects.png", tiles, ds.classes, ds.card_path.parent, args.grid_per_class)
+    draw_suspects(out / "suspects.png", tiles, ds.classes, bucket_cards.shard_folder(ds.card_path),
+                  args.grid_per_class)
     print(f"rank_labels: {len(s)} samples, roc_auc {summary['roc_auc']}, wrote {out}")
     return summary

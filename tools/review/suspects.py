@@ -29,8 +29,9 @@ def write_suspects_csv(path: Path, rows: list[dict]) -> None:
     write_csv(path, SUSPECT_COLUMNS, rows)
 
 
-def read_images(shard_dir: Path, wanted: dict) -> dict:
-    """{(shard, key): PIL image} for the wanted {shard: {keys}}, reading only those shards."""
+def read_images(shard_dir: Path | str, wanted: dict) -> dict:
+    """{(shard, key): PIL image} for the wanted {shard: {keys}}, reading only those shards
+    (in `shard_dir`, a folder or a bucket folder's URL: pipeline.bucket_cards.shard_folder)."""
     from PIL import Image
 
     from pipeline.records import find_images
@@ -38,7 +39,7 @@ def read_images(shard_dir: Path, wanted: dict) -> dict:
             for shard, key, data in find_images(shard_dir, wanted)}
 
 
-def draw_suspects(path: Path, tiles: list, classes: list, shard_dir: Path, per_class: int) -> None:
+def draw_suspects(path: Path, tiles: list, classes: list, shard_dir: Path | str, per_class: int) -> None:
     """tiles: [(manifest record, given, predicted)], grouped by given class, most suspicious
     first: one row per class, captioned "given -> predicted"."""
     plt = pyplot()
@@ -46,7 +47,7 @@ def draw_suspects(path: Path, tiles: list, classes: list, shard_dir: Path, per_c
     wanted = {}
     for rec, _, _ in tiles:
         wanted.setdefault(rec["shard"], set()).add(rec["key"])
-    images = read_images(Path(shard_dir), wanted)
+    images = read_images(shard_dir, wanted)     # never Path(): a bucket URL would lose its //
     cols = max(1, per_class)
     fig, axes = plt.subplots(max(1, len(rows)), cols, figsize=(1.3 * cols, 1.45 * max(1, len(rows))),
                              squeeze=False)

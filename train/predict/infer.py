@@ -114,7 +114,9 @@ def predict(model, batches, norm: tuple, device, k: int, bar, autocast=None,
 
 
 def merge(parts: list[Predictions]) -> Predictions:
-    """Several processes' predictions as one, ordered by index (the order of one process)."""
+    """Several processes' predictions as one, ordered by index: each process (and each of its
+    --workers) reads its shards in its own interleaving, so index order is the one order that
+    makes the table the same for any number of processes and workers."""
     cat = {n: np.concatenate([getattr(p, n) for p in parts]) for n in ("index", "label", "clean", "top_class", "top_prob")}
     order = np.argsort(cat["index"], kind="stable")
     return Predictions(**{n: v[order] for n, v in cat.items()}, skipped=[s for p in parts for s in p.skipped])

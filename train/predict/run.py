@@ -43,13 +43,18 @@ def load_classifier(cfg, ckpt: Path, n_classes: int, in_chans: int):
     return model.eval()
 
 
+def names_a_split(opts: Options) -> bool:
+    """--data is one card's folder, local or in a bucket: --split picks the split read."""
+    return bool(opts.data) and len(opts.data) == 1 and names_card(opts.data[0])
+
+
 def dataset(cfg, opts: Options):
     """(card, card path, shard URLs or None): the shards to predict on, or the card that names
     the classes and normalization for --images. Shard patterns are passed to resolve() as the
     val and test shards too, so the card's other splits, which prediction never reads (and
     which are not local when the shards are in a bucket), are not looked up."""
     if opts.data:
-        folder = len(opts.data) == 1 and names_card(opts.data[0])     # a local or a bucket folder
+        folder = names_a_split(opts)
         ds = data.resolve(*(opts.data,) * (1 if folder else 3), trust=opts.trust_urls)
         if folder and opts.split not in ds.urls:
             raise DataError(f"--data {opts.data[0]}: the dataset has no {opts.split!r} split")
@@ -102,7 +107,7 @@ def predict(cfg, ckpt: Path, opts: Options, acc) -> dict | None:
         outputs.write_report(report, classes, out)
     summary = {"samples": len(p), "skipped": len(p.skipped), "skipped_records": [list(r) for r in p.skipped[:100]],
                "checkpoint": str(ckpt), "model": cfg.model, "source": opts.data or opts.images,
-               "split": opts.split if urls is not None and opts.data and Path(opts.data[0]).is_dir() else None,
+               "split": opts.split if urls is not None and names_a_split(opts) else None,
                "card": str(card_path), "top_k": opts.top_k, "device": str(acc.device),
                "processes": acc.num_processes}
     if report:
