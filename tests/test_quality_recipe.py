@@ -74,6 +74,23 @@ def test_recipe_sets_a_quarter_of_the_budget_and_the_classifier_backbone_for_the
     assert cfg2.init_epochs == 0 and cfg2.predictor_model == "mnist_cnn_bn"
 
 
+def test_mse_after_the_phase_runs_with_the_recipe_s_beta_unless_beta_was_typed():
+    from train.recipe import LIMIT_BETA_MSE, LIMIT_RECIPE, beta_mse
+    argv = ["--data", "x", "--method", "limit", "--model", "mnist_cnn", "--epochs", "60"]
+    cfg, changed = apply_recipe(config.parse(argv), {"augment": {"crop": "none"}}, config.given(argv))
+    assert cfg.beta == LIMIT_RECIPE["beta"] and beta_mse(changed) == LIMIT_BETA_MSE != cfg.beta
+    typed = argv + ["--beta", "3"]
+    cfg_t, changed_t = apply_recipe(config.parse(typed), {"augment": {"crop": "none"}}, config.given(typed))
+    assert beta_mse(changed_t) is None
+    for loss, val, want in (("mse", 0.34, LIMIT_BETA_MSE), ("mae", 0.18, cfg.beta)):
+        ph = InitPhase(2, 5, "both", auto_loss=True, beta_mse=beta_mse(changed))
+        assert ph.decide(1, 1, val) and ph.loss == loss and ph.beta(cfg) == want
+        assert ph.objective(cfg, None).keywords == {**ph.objective(cfg, None).keywords, "beta": want, "predictor_loss": loss}
+    ph = InitPhase(2, 5, "both", auto_loss=True, beta_mse=None)      # --beta typed: kept for mse too
+    ph.decide(1, 1, 0.34)
+    assert ph.beta(cfg_t) == 3.0 and ph.objective(cfg_t, None).keywords["beta"] == 3.0
+
+
 def test_auto_loss_without_a_phase_is_refused():
     cfg, _ = apply_recipe(config.parse(["--data", "x", "--method", "limit", "--predictor-loss", "auto", "--epochs", "3"]),
                           {"augment": {"crop": "none"}}, config.given(["--data", "x", "--method", "limit",
@@ -110,6 +127,8 @@ def test_a_run_switches_from_ce_to_limit_at_the_decided_epoch(shards, tmp_path, 
     chosen = choose_loss(max(r["val_acc"] for r in rows[:2]))       # the phase's best noisy validation
     assert meta["init_phase"] == {"end": 2, "loss": chosen} and final["predictor_loss_chosen"] == chosen
     assert f"predictor loss {chosen}" in log
+    from train.recipe import LIMIT_BETA_MSE, LIMIT_RECIPE    # --beta not typed: the recipe's, per distance
+    assert final["beta_after_init"] == (LIMIT_BETA_MSE if chosen == "mse" else LIMIT_RECIPE["beta"])
     assert "best_val_acc_clean_est" in final and "val_acc_clean_est" in rows[-1]
 
 

@@ -93,6 +93,11 @@ def run_cell(dataset, noise, n, method, seed, shards, runs: Path) -> dict:
     t0 = time.time()
     if train_cli(train_args(dataset, noise, n, method, seed, shards, run, fixes) + resume_args(run)) != 0:
         raise SystemExit(f"quality: {run.name} failed")
+    return cell_row(dataset, noise, n, method, seed, run, fix_report, time.time() - t0)
+
+
+def cell_row(dataset, noise, n, method, seed, run: Path, fix_report: dict, wall_s: float) -> dict:
+    """The CSV row of a finished run folder (its final.json, metrics.jsonl and labels' AUC)."""
     final = json.loads((run / "final.json").read_text())
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     auc = rank(run).get("roc_auc") if noise != "none" or dataset == "clothing" else None
@@ -100,7 +105,7 @@ def run_cell(dataset, noise, n, method, seed, shards, runs: Path) -> dict:
             "best_epoch": final["best_epoch"], "best_val_acc": final["best_val_acc"],
             "val_acc_clean_est": final.get("best_val_acc_clean_est"), "test_acc": final["test_acc"],
             "test_acc_last": final["test_acc_last"], "auc": auc,
-            "relabel_precision": fix_report.get("relabel_precision"), "wall_s": round(time.time() - t0, 1),
+            "relabel_precision": fix_report.get("relabel_precision"), "wall_s": round(wall_s, 1),
             "images": sum(r.get("samples_seen", 0) for r in rows)}
 
 

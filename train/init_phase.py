@@ -47,6 +47,8 @@ class InitPhase:
     end: int | None = None          # the first LIMIT epoch, once decided
     auto_loss: bool = False         # --predictor-loss auto: choose it when the phase ends
     loss: str | None = None         # the chosen distance ("mse" | "mae"), once decided
+    beta_mse: float | None = None   # --beta when auto chooses mse (the recipe's, train/recipe.py;
+                                    # None: --beta as typed, for either distance)
 
     def active(self, epoch: int) -> bool:
         """Does `epoch` train with cross-entropy?"""
@@ -65,11 +67,16 @@ class InitPhase:
             return True
         return False
 
+    def beta(self, cfg) -> float:
+        """The penalty LIMIT runs with after the phase."""
+        return self.beta_mse if self.loss == "mse" and self.beta_mse is not None else cfg.beta
+
     def objective(self, cfg, method_objective):
-        """LIMIT's objective after the phase: the method's own, or with the chosen distance."""
+        """LIMIT's objective after the phase: the method's own, or with the chosen distance
+        (and, for mse under the recipe, its beta)."""
         if not self.loss:
             return method_objective
-        return make_objective(dataclasses.replace(cfg, predictor_loss=self.loss))
+        return make_objective(dataclasses.replace(cfg, predictor_loss=self.loss, beta=self.beta(cfg)))
 
     def state(self) -> dict:
         return {"end": self.end, "loss": self.loss}

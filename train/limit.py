@@ -25,6 +25,7 @@ from train import checkpoint, config, init_phase, runfolder, setup  # noqa: E402
 from train.loop import Diverged, Run, fit, stop_on_interrupt  # noqa: E402
 from train.objectives import REGISTRY, make_objective  # noqa: E402
 from train.fano import run_summary  # noqa: E402
+from train.recipe import beta_mse  # noqa: E402
 from train.resolve import Resolved, resolve  # noqa: E402
 from train.report import write_curves  # noqa: E402
 
@@ -101,7 +102,8 @@ def train(res: Resolved, acc, out: Path) -> int:
     transition = (setup.fw_transition(cfg, acc.unwrap_model(model), loaders["train"].as_eval(), acc, norm)
                   if REGISTRY[cfg.method].transition else None)
     objective = make_objective(cfg, transition)
-    phase = (init_phase.InitPhase(cfg.init_epochs, cfg.init_patience, cfg.init_target, auto_loss=cfg.predictor_loss == "auto")
+    phase = (init_phase.InitPhase(cfg.init_epochs, cfg.init_patience, cfg.init_target, auto_loss=cfg.predictor_loss == "auto",
+                                  beta_mse=beta_mse(recipe))
              if cfg.init_epochs else None)
     run = Run(cfg, acc, model, optimizer, objective, loaders, norm, steps, out, ema=ema, init=phase,
               method_objective=objective)

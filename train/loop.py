@@ -224,7 +224,8 @@ def fit(run: Run, start_epoch: int = 0, resume: dict | None = None) -> dict:
         if run.init and run.init.decide(epoch, run.best.get("epoch"), run.best.get("val_acc")):
             acc.print(f"+init: the CE phase ends after epoch {epoch} (best noisy validation at epoch "
                       f"{run.best.get('epoch')}); {cfg.method} from epoch {run.init.end}"
-                      + (f", predictor loss {run.init.loss} (--predictor-loss auto)" if run.init.loss else ""))
+                      + (f", predictor loss {run.init.loss}, beta {run.init.beta(cfg):g} (--predictor-loss auto)"
+                         if run.init.loss else ""))
         # ---- log, then save: a kill in between only repeats this epoch's log line ----
         if acc.is_main_process:
             with safe_io.open_append(run.out / "metrics.jsonl") as f:   # never through a planted link
@@ -244,6 +245,7 @@ def fit(run: Run, start_epoch: int = 0, resume: dict | None = None) -> dict:
     return {"best_val_acc": run.best.get("val_acc"), "best_epoch": run.best.get("epoch"),
             "best_val_acc_clean_est": run.best.get("val_acc_clean_est"),
             "predictor_loss_chosen": run.init.loss if run.init else None,
+            "beta_after_init": run.init.beta(cfg) if run.init and run.init.loss else None,
             "test_acc": run.best.get("test_acc"), "test_acc_last": row.get("test_acc"),
             "train_acc_last": row.get("train_acc"),
             "epochs": row.get("epoch", -1) + 1, "early_stopped": early, "samples_skipped": row.get("samples_skipped", run.n_skipped),
