@@ -236,11 +236,14 @@ def test_quality_table_reports_damage_recovered_against_ce_and_the_ceiling(tmp_p
     csv_path = tmp_path / "q.csv"
     base = {k: "" for k in COLUMNS} | {"dataset": "fmnist", "noise": "uniform:0.6", "n": 10000, "wall_s": 10,
                                         "images": 100}
-    for method, seed, acc in (("ce", 0, 0.80), ("ce", 1, 0.82), ("ce_clean", 0, 0.91),
-                              ("limit", 0, 0.86), ("limit", 1, 0.86)):
-        append(csv_path, base | {"method": method, "seed": seed, "test_acc": acc,
+    for method, seed, acc, est in (("ce", 0, 0.80, 0.78), ("ce", 1, 0.82, 0.83), ("ce_clean", 0, 0.91, ""),
+                                   ("limit", 0, 0.86, 0.85), ("limit", 1, 0.86, 0.80)):
+        append(csv_path, base | {"method": method, "seed": seed, "test_acc": acc, "val_acc_clean_est": est,
                                  "wall_s": 20 if method == "limit" else 10})
-    lines = {ln.split("|")[3].strip(): ln for ln in table(csv_path).splitlines()[2:]}
+    out = table(csv_path).splitlines()
+    lines = {ln.split("|")[3].strip(): ln for ln in out[2:] if ln.startswith("|")}
+    # errors -0.02, +0.01, -0.01, -0.06: median |error| 0.015, the worst kept with its sign
+    assert out[-1] == "Clean-accuracy estimate over 4 runs: median |error| 0.015, worst -0.060; 1 runs gave none."
     cells = [c.strip() for c in lines["limit"].split("|")]
     assert cells[5] == "**0.8600**" and cells[6] == "0.8100" and cells[7] == "0.9100"
     assert cells[8] == "0.50" and cells[12] == "2.00"            # (0.86-0.81)/(0.91-0.81); twice CE's wall time
