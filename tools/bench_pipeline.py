@@ -1,6 +1,7 @@
 """Decode + augment throughput of the loaders side by side, and (--gpu) training steps fed by them.
 
-    python tools/bench_pipeline.py [--count 2000] [--repeats 3] [--workers W] [--batch-size 64] [--json]
+    python tools/bench_pipeline.py [--count 2000] [--repeats 3] [--pass-repeat 1] [--workers W] [--batch-size 64]
+    python tools/bench_pipeline.py --stages [--count 1000] [--repeats 3]   # time per image, stage by stage
     python tools/bench_pipeline.py --data 'shards/clothing1m-{000..099}.tar' --backend cpu|dali \\
         --workers W --batch-size B --image-size S --json
     python tools/bench_pipeline.py --gpu                   # one GPU machine: < 5 min on an H100, 16 cores
@@ -13,14 +14,22 @@ Default mode: one generated set (tools/synth_images.py, cached under --work) rea
   c_dali     the DALI backend (GPU "mixed" decoding when CUDA is present, else CPU)
 all with the same workers (DALI: threads) and batch size, one warm-up pass each, then --repeats
 interleaved rounds (a, b, b_r256, c, a, ...), so load drift hits all alike. A pass is one epoch
-over the set read --pass-repeat times. Both sides are measured warm: a keeps its DataLoader
-workers across passes (persistent_workers), the shard sources start theirs once per pass, so
+of --count x --pass-repeat samples: with --pass-repeat R > 1 the set is --count images each
+present R times (hard links named r{k}-..., so R distinct samples, converted to shards like any
+others; R copies of one shard in a URL list would not do: the readers skip a sample index met
+twice in a pass). Both sides are measured warm: a keeps its DataLoader workers across passes
+(persistent_workers), the shard sources start theirs once per pass (one trainer epoch each), so
 each pass's start-up (the time to its first batch: worker start-up plus that batch's own work,
-an upper bound) is printed as a share of the pass: raise --pass-repeat until it is under 5%. img/s: median, min-max, ratio to a.
+an upper bound) is printed as a share of the pass: raise --pass-repeat until it is under 5%
+(a line says so when it is not). img/s: median, min-max, ratio to a.
+--stages instead times each stage of a, b and b_r256 per image in this process over the --count
+images (tools/bench_stages.py): where the time goes, and the rate 2 workers could reach at most.
 --gpu (count 4000, workers = all cores, batch 256, pass-repeat 2) adds ResNet-50 training steps
 (bf16 autocast, channels_last, SGD, 14 classes, --method ce) fed by each loader for --steps steps,
 with data_wait_frac = host time blocked on the next batch / total (an upper bound on the GPU's idle
-time for data: no sync inside the step), and the model alone on synthetic on-device batches."""
+time for data: no sync inside the step), and the model alone on synthetic on-device batches.
+The loaders run epoch after epoch under the steps; a CPU loader starts its workers at each
+epoch, as the trainer does (the preset's 8,000-sample epoch is 31 steps of 256)."""
 import argparse
 import contextlib
 import itertools
@@ -45,6 +54,7 @@ from pipeline import dali, loader  # noqa: E402
 from pipeline.augment import AugSpec  # noqa: E402
 from pipeline.backends import synthetic_batch  # noqa: E402
 from pipeline.cpu import ReadSpec  # noqa: E402
+from tools import bench_stages  # noqa: E402
 from tools.bench_shards import make_images, shard  # noqa: E402
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -69,24 +79,48 @@ def versions() -> dict:
     return v
 
 
-def make_set(work: Path, count: int, workers: int) -> tuple[Path, dict]:
-    """-> (image tree, {"orig": shard dir, "r256": shard dir}): 4 shards per worker, cached."""
-    tree = make_images(work, count, workers)
+def make_set(work: Path, count: int, workers: int, repeat: int = 1) -> tuple[Path, dict]:
+    """-> (image tree, {"orig": shard dir, "r256": shard dir}) of count x repeat samples (each
+    image `repeat` times, see copies): at least 8 shards, 4 per worker, cached."""
+    tree = copies(make_images(work, count, workers), repeat)
     n_shards = max(8, 4 * workers)
-    size = math.ceil(count / n_shards)
-    dirs = {"orig": work / f"shards-{count}-{size}" / "orig", "r256": work / f"shards-{count}-{size}" / "r256"}
-    for name, out in dirs.items():
+    total = count * repeat
+    size = math.ceil(total / n_shards)
+    name = f"shards-{total}-{size}" if repeat == 1 else f"shards-{count}x{repeat}-{size}"
+    dirs = {"orig": work / name / "orig", "r256": work / name / "r256"}
+    for kind, out in dirs.items():
         if not (out / "bench.json").exists():
-            shard(tree, out, 256 if name == "r256" else 0, size, workers)
+            shard(tree, out, 256 if kind == "r256" else 0, size, workers)
     return tree, dirs
 
 
-def baseline_source(tree: Path, args, repeat: int = 1):
+def copies(tree: Path, repeat: int) -> Path:
+    """An ImageFolder tree holding every image of `tree` `repeat` times, as hard links (copies
+    where the file system has none) named r{k}-NAME: the same bytes, distinct samples. Cached."""
+    if repeat == 1:
+        return tree
+    out = tree.with_name(f"{tree.name}x{repeat}")
+    if (out / ".done").exists():
+        return out
+    shutil.rmtree(out, ignore_errors=True)
+    for f in sorted(tree.glob("*/*.jpg")):
+        (out / f.parent.name).mkdir(parents=True, exist_ok=True)
+        for k in range(repeat):
+            link = out / f.parent.name / f"r{k}-{f.name}"
+            try:
+                os.link(f, link)
+            except OSError:
+                shutil.copyfile(f, link)
+    (out / ".done").touch()
+    return out
+
+
+def baseline_source(tree: Path, args):
     t = torchvision.transforms
     tf = t.Compose([t.RandomResizedCrop(args.image_size), t.RandomHorizontalFlip(), t.ToTensor()])
     ds = torchvision.datasets.ImageFolder(str(tree), tf)
 
-    sampler = torch.utils.data.RandomSampler(ds, num_samples=len(ds) * repeat, generator=torch.Generator().manual_seed(0))
+    sampler = torch.utils.data.RandomSampler(ds, generator=torch.Generator().manual_seed(0))
     # built once, its workers kept between passes: the warm-up pass pays their start-up, timed passes do not
     dl = torch.utils.data.DataLoader(ds, batch_size=args.batch_size, sampler=sampler, num_workers=args.workers,
                                      pin_memory=torch.cuda.is_available(), persistent_workers=args.workers > 0)
@@ -96,12 +130,12 @@ def baseline_source(tree: Path, args, repeat: int = 1):
     return epoch
 
 
-def shard_source(data: str, backend: str, args, repeat: int = 1):
+def shard_source(data: str, backend: str, args):
+    """A pass is one trainer epoch (pipeline.loader.Loader) over the shards."""
     ds = loader.resolve([str(data)])
     aug = loader.spec_from_card(ds.card, args.image_size)
     ld = loader.build_loaders(ds, aug, batch_size=args.batch_size, workers=args.workers, seed=0,
                               noise=loader.noise_table(ds, "none", "", 0), keep=None, backend=backend)["train"]
-    ld.urls = ld.urls * repeat          # one long epoch: one worker start-up per `repeat` passes
 
     def epoch(e: int):
         for b in ld(e):
@@ -109,11 +143,11 @@ def shard_source(data: str, backend: str, args, repeat: int = 1):
     return epoch
 
 
-def sources(tree: Path, dirs: dict, args, repeat: int) -> dict:
-    out = {"a": baseline_source(tree, args, repeat), "b": shard_source(dirs["orig"], "cpu", args, repeat),
-           "b_r256": shard_source(dirs["r256"], "cpu", args, repeat)}
+def sources(tree: Path, dirs: dict, args) -> dict:
+    out = {"a": baseline_source(tree, args), "b": shard_source(dirs["orig"], "cpu", args),
+           "b_r256": shard_source(dirs["r256"], "cpu", args)}
     if dali.dali_available():
-        out["c_dali"] = shard_source(dirs["orig"], "dali", args, repeat)
+        out["c_dali"] = shard_source(dirs["orig"], "dali", args)
     return out
 
 
@@ -220,8 +254,7 @@ def bench_steps(tree, dirs, args, device, log) -> dict:
     out = {"model_alone": timed_steps(step, itertools.repeat((b.images, b.labels)), args.warmup_steps, args.steps,
                                       device)}
     log(f"  model alone        {out['model_alone']['images_per_s']:8.1f} img/s")
-    need = (args.warmup_steps + args.steps + args.workers) * args.batch_size
-    for name, src in sources(tree, dirs, args, math.ceil(need / args.count) + 1).items():
+    for name, src in sources(tree, dirs, args).items():
         try:
             r = timed_steps(step, device_batches(src, device), args.warmup_steps, args.steps, device)
         except Exception as e:  # noqa: BLE001  (reported, not hidden)
@@ -234,7 +267,7 @@ def bench_steps(tree, dirs, args, device, log) -> dict:
 
 
 def generic(args) -> dict:
-    rates = measure({args.backend: shard_source(args.data, args.backend, args, args.pass_repeat)}, args.repeats,
+    rates = measure({args.backend: shard_source(args.data, args.backend, args)}, args.repeats,
                     lambda s: None if args.json else print(s))
     return {"data": args.data, "backend": args.backend, "workers": args.workers, "batch_size": args.batch_size,
             "image_size": args.image_size, "repeats": args.repeats, **summary(rates[args.backend])}
@@ -242,9 +275,12 @@ def generic(args) -> dict:
 
 def compare(args, log) -> dict:
     start = time.perf_counter()
-    tree, dirs = make_set(args.work, args.count, args.workers)
-    log(f"set: {args.count} JPEGs in {tree}, shards in {dirs['orig'].parent} ({time.perf_counter() - start:.0f} s)")
-    rates = measure(sources(tree, dirs, args, args.pass_repeat), args.repeats, log)
+    tree, dirs = make_set(args.work, args.count, args.workers, args.pass_repeat)
+    log(f"set: {args.count} JPEGs x {args.pass_repeat} in {tree}, shards in {dirs['orig'].parent} "
+        f"({time.perf_counter() - start:.0f} s)")
+    if args.stages:
+        return {"stages": bench_stages.profile(tree, dirs, args, log)}
+    rates = measure(sources(tree, dirs, args), args.repeats, log)
     base = statistics.median(r for r, _ in rates["a"]) if isinstance(rates["a"], list) else None
     res = {"pipeline": {k: summary(v, base) for k, v in rates.items()},
            "dali_decode": "gpu" if dali.gpu_decode_available() else "cpu"}
@@ -255,13 +291,20 @@ def compare(args, log) -> dict:
 
 
 def print_table(res: dict, args) -> None:
-    print(f"\n{args.count} images, {args.workers} workers, batch {args.batch_size}, {args.image_size}px, "
-          f"median of {args.repeats} (DALI decodes on {res['dali_decode']})")
+    if "stages" in res:
+        bench_stages.print_table(res["stages"], args)
+        return
+    print(f"\n{args.count} images x {args.pass_repeat} a pass, {args.workers} workers, batch {args.batch_size}, "
+          f"{args.image_size}px, median of {args.repeats} (DALI decodes on {res['dali_decode']})")
     for name, r in res["pipeline"].items():
         print(f"  {name:<7} FAILED {r['error']}" if "error" in r else
               f"  {name:<7} {r['images_per_s']:8.1f} img/s  ({r['min']:.1f}-{r['max']:.1f}, "
               f"spread {r['spread_pct']:.1f}%, start-up {r['startup_pct']:.1f}% of a pass)  "
               f"x{r.get('ratio_to_a', math.nan):.2f} of a")
+    cold = [n for n, r in res["pipeline"].items() if r.get("startup_pct", 0) >= 5]
+    if cold:
+        print(f"  start-up is 5% or more of a pass for {', '.join(cold)}: not the steady state, "
+              f"raise --pass-repeat")
 
 
 def parse_args(argv=None):
@@ -273,7 +316,9 @@ def parse_args(argv=None):
     p.add_argument("--batch-size", type=int, help="default 64; --gpu 256")
     p.add_argument("--image-size", type=int, default=224)
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--pass-repeat", type=int, help="a pass reads the set this many times (default 1; --gpu 2)")
+    p.add_argument("--pass-repeat", type=int, help="each image is in the set this many times (default 1; --gpu 2)")
+    p.add_argument("--stages", action="store_true", help="time per image stage by stage in one process "
+                   "over the --count images (tools/bench_stages.py), instead of the passes")
     p.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "limit-bench", help="cache folder")
     p.add_argument("--gpu", action="store_true", help="GPU preset, adds training steps")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="for --gpu steps")
@@ -289,6 +334,8 @@ def parse_args(argv=None):
         if getattr(args, k) is None:
             setattr(args, k, v)
     args.warmup_steps = min(10, args.steps) if args.warmup_steps is None else args.warmup_steps
+    if args.stages:
+        args.pass_repeat = 1                # the profile reads the images once a pass
     return args
 
 
