@@ -36,7 +36,7 @@ def test_auto_loss_is_chosen_from_the_phase_s_best_noisy_validation_accuracy():
     assert not ph.decide(0, 0, 0.18) and ph.loss is None          # not decided before the phase ends
     assert ph.decide(1, 1, 0.18) and ph.loss == "mae"             # MNIST p=0.8: most labels wrong
     assert choose_loss(0.34) == "mse" and choose_loss(AUTO_L1_BELOW) == "mse" and choose_loss(None) == "mae"
-    assert ph.state() == {"end": 2, "loss": "mae"}
+    assert ph.state() == {"end": 2, "loss": "mae", "beta": None}
     again = InitPhase(2, 5, "both", auto_loss=True)
     again.load(ph.state())
     assert again.loss == "mae"
@@ -82,10 +82,17 @@ def test_mse_after_the_phase_runs_with_the_recipe_s_beta_unless_beta_was_typed()
     typed = argv + ["--beta", "3"]
     cfg_t, changed_t = apply_recipe(config.parse(typed), {"augment": {"crop": "none"}}, config.given(typed))
     assert beta_mse(changed_t) is None
-    for loss, val, want in (("mse", 0.34, LIMIT_BETA_MSE), ("mae", 0.18, cfg.beta)):
+    # most labels wrong with L2 (0.34): the higher beta; most right (0.76) or L1 (0.18): the recipe's
+    for loss, val, want in (("mse", 0.34, LIMIT_BETA_MSE), ("mse", 0.76, cfg.beta), ("mae", 0.18, cfg.beta)):
         ph = InitPhase(2, 5, "both", auto_loss=True, beta_mse=beta_mse(changed))
         assert ph.decide(1, 1, val) and ph.loss == loss and ph.beta(cfg) == want
         assert ph.objective(cfg, None).keywords == {**ph.objective(cfg, None).keywords, "beta": want, "predictor_loss": loss}
+        again = InitPhase(2, 5, "both", auto_loss=True, beta_mse=beta_mse(changed))
+        again.load(ph.state())                                        # a resumed run keeps the choice
+        assert again.beta(cfg) == want
+    for bad in (-1, "10", True, float("nan")):
+        with pytest.raises(ValueError):
+            InitPhase(2, 5, "both", auto_loss=True).load({"end": 2, "loss": "mse", "beta": bad})
     ph = InitPhase(2, 5, "both", auto_loss=True, beta_mse=None)      # --beta typed: kept for mse too
     ph.decide(1, 1, 0.34)
     assert ph.beta(cfg_t) == 3.0 and ph.objective(cfg_t, None).keywords["beta"] == 3.0
@@ -125,10 +132,13 @@ def test_a_run_switches_from_ce_to_limit_at_the_decided_epoch(shards, tmp_path, 
     meta = json.loads((out / "checkpoints" / "last" / "meta.json").read_text())
     final = json.loads((out / "final.json").read_text())
     chosen = choose_loss(max(r["val_acc"] for r in rows[:2]))       # the phase's best noisy validation
-    assert meta["init_phase"] == {"end": 2, "loss": chosen} and final["predictor_loss_chosen"] == chosen
+    from train.init_phase import AUTO_HIGH_BETA_BELOW
+    from train.recipe import LIMIT_BETA_MSE, LIMIT_RECIPE    # --beta not typed: the rule's
+    agree = max(r["val_acc"] for r in rows[:2])
+    beta = LIMIT_BETA_MSE if chosen == "mse" and agree < AUTO_HIGH_BETA_BELOW else None
+    assert meta["init_phase"] == {"end": 2, "loss": chosen, "beta": beta} and final["predictor_loss_chosen"] == chosen
     assert f"predictor loss {chosen}" in log
-    from train.recipe import LIMIT_BETA_MSE, LIMIT_RECIPE    # --beta not typed: the recipe's, per distance
-    assert final["beta_after_init"] == (LIMIT_BETA_MSE if chosen == "mse" else LIMIT_RECIPE["beta"])
+    assert final["beta_after_init"] == (beta or LIMIT_RECIPE["beta"])
     assert "best_val_acc_clean_est" in final and "val_acc_clean_est" in rows[-1]
 
 

@@ -18,13 +18,15 @@ LIMIT_PREDICTOR = {"mnist_cnn": "mnist_cnn_bn"}          # classifier -> predict
 LIMIT_AUGMENT = "pad:2"
 LIMIT_INIT_MAX = 15
 LIMIT_INIT_TARGET = "both"
-# beta for LIMIT_G after the CE phase, when --predictor-loss auto chooses mse. With the L2 fit the
+# beta for LIMIT_G after the CE phase, when --predictor-loss auto chooses mse and fewer than half of
+# the validation labels agree with the CE model (train/init_phase.py AUTO_HIGH_BETA_BELOW). With the L2 fit the
 # predictor's best guess on a sample it has memorized is q = (onehot(y) + beta p) / (1 + beta), p
 # the classifier's prediction: beta is how much the classifier's targets trust the CE-started
 # model over the given label (soft bootstrapping). LIMIT_L (auto's choice when most labels are
 # wrong, all measured on digits) keeps LIMIT_RECIPE's beta. Fashion-MNIST uniform 0.6, seed 0:
 # beta 5 0.8386 (falls to 0.828 by epoch 59), 10 0.8442 (0.843 at 59), 20 0.841-0.845: a higher
-# beta stops the late decline; 10, the smaller change, is kept (RESULTS.md, "Photos").
+# beta stops the late decline; 10, the smaller change, is kept. Where most labels agree it slows
+# learning instead (pair 0.4: 0.8402 -> 0.8314), so there beta stays 5 (RESULTS.md, "Photos").
 LIMIT_BETA_MSE = 10.0
 
 
@@ -63,6 +65,6 @@ def init_epochs(epochs: int) -> int:
 
 
 def beta_mse(changed: dict) -> float | None:
-    """The beta LIMIT_G runs with after the CE phase (train/init_phase.py): LIMIT_BETA_MSE when
-    the recipe set --beta (`changed`, apply_recipe's), else None (--beta as typed)."""
+    """The beta LIMIT_G may run with after the CE phase (train/init_phase.py decides): LIMIT_BETA_MSE
+    when the recipe set --beta (`changed`, apply_recipe's), else None (--beta as typed)."""
     return LIMIT_BETA_MSE if "beta" in changed else None
