@@ -70,7 +70,8 @@ class Config:
     momentum: float = opt(0.9, "SGD momentum")
     weight_decay: float = opt(0.0, "decoupled (AdamW) or L2 (SGD) weight decay")
     sched: str = opt("const", "learning-rate schedule over steps", choices=["const", "cosine"])
-    warmup_epochs: float = opt(0.0, "linear warm-up length in epochs")
+    warmup_epochs: float = opt(0.0, "linear warm-up length in epochs, at the start and again after "
+                                    "+init's switch (where the optimizer's moments restart)")
     model_ema: bool = opt(False, "also keep an exponential moving average of the classifier (timm's --model-ema); val/test accuracy, model selection and early stopping use it", action=argparse.BooleanOptionalAction)
     model_ema_decay: float = opt(0.998, "EMA decay per optimizer step (averages over ~1/(1-decay) steps)")
     clip_grad: float = opt(0.0, "clip the global gradient norm (0: off)")

@@ -50,6 +50,10 @@ class Run:
         return int(self.cfg.warmup_epochs * self.steps_per_epoch)
 
     @property
+    def switch_step(self) -> int:       # +init's first LIMIT step, once decided (0: none); the warm-up restarts there
+        return self.init.end * self.steps_per_epoch if self.init and self.init.end else 0
+
+    @property
     def predictor_warmup_steps(self) -> int:     # steps with the classifier held (--predictor-warmup)
         return int(self.cfg.predictor_warmup * self.steps_per_epoch)
 

@@ -93,13 +93,16 @@ def build_optimizer(cfg, model: FusedNet) -> torch.optim.Optimizer:
     return torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
-def lr_at(step: int, total: int, warmup: int, peak: float, sched: str) -> float:
-    """Linear warm-up, then constant or cosine to zero; a pure function of the step."""
-    if step < warmup:
-        return peak * (step + 1) / warmup
-    if sched == "cosine":
-        return peak * 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
-    return peak
+def lr_at(step: int, total: int, warmup: int, peak: float, sched: str, restart: int = 0) -> float:
+    """Linear warm-up, then constant or cosine to zero; a pure function of the step. `restart`
+    (+init's switch, where the optimizer's moments restart: Adam's first steps after a reset
+    move every weight by about the full rate) starts the warm-up again from that step."""
+    if sched == "cosine" and step >= warmup:
+        rate = peak * 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
+    else:
+        rate = peak
+    since = step - restart if 0 < restart <= step else step
+    return rate * (since + 1) / warmup if since < warmup else rate
 
 
 def seed_everything(seed: int) -> None:

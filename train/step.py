@@ -12,7 +12,7 @@ def train_step(run, b: Batch, meter=None) -> dict:
     zero loss weight and is left out of the meter. Returns the objective's value and its own
     statistics as detached device tensors: nothing here syncs with the host."""
     cfg, acc = run.cfg, run.accelerator
-    lr = lr_at(run.step, run.total_steps, run.warmup_steps, cfg.lr, cfg.sched)   # a pure function of the step
+    lr = lr_at(run.step, run.total_steps, run.warmup_steps, cfg.lr, cfg.sched, run.switch_step)  # a pure function of the step
     held = run.step < run.predictor_warmup_steps      # --predictor-warmup: the predictor learns alone
     for g in run.optimizer.param_groups:
         g["lr"] = 0.0 if held and g.get("name") == "classifier" else lr
