@@ -64,7 +64,7 @@ class FusedNet(nn.Module):
 
 def limit_loss(logits: torch.Tensor, aux: torch.Tensor, labels: torch.Tensor, *,
                predictor_loss: str = "mae", beta: float = 0.0, sample: str = "",
-               sigma: float = 0.0) -> tuple[torch.Tensor, dict]:
+               sigma: float = 0.0, transition: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
     """The one LIMIT objective.
 
     mu = softmax(a).detach() - softmax(r)       predicted gradient w.r.t. the logits a
@@ -75,6 +75,10 @@ def limit_loss(logits: torch.Tensor, aux: torch.Tensor, labels: torch.Tensor, *,
 
     dist is the squared L2 norm (LIMIT_G, "mse") or the L1 norm (LIMIT_L, "mae"); since
     mu - (softmax(a) - onehot) = onehot - softmax(r), it only involves the predictor.
+    With `transition` T (K, K), T[c, j] = P(given j | clean c), the predictor fits the given
+    label through the noise, dist(onehot, softmax(r) @ T) (forward correction, Patrini et al.):
+    softmax(r) then estimates the clean label's distribution, not the noisy one, and that is
+    what the classifier moves towards (--predictor-transition; docs/architecture.md section 2).
     The reference code *sums* the classifier's gradient over the batch: with SGD, multiply
     the learning rate by B to match it; Adam is (almost) invariant to the scale.
     Softmaxes run in float32 so bf16/fp16 autocast does not round the small differences."""
@@ -85,7 +89,7 @@ def limit_loss(logits: torch.Tensor, aux: torch.Tensor, labels: torch.Tensor, *,
     g = mu.detach()
     if sample:
         g = g + sample_noise(g, sample, sigma)
-    err = onehot - q
+    err = onehot - (q if transition is None else q @ transition.to(q.device, q.dtype))
     fit = (err.square() if predictor_loss == "mse" else err.abs()).sum(1).mean()
     mu_sq = mu.square().sum(1).mean()
     loss = (a * g).sum(1).mean() + fit + beta * mu_sq

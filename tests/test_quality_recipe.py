@@ -36,7 +36,7 @@ def test_auto_loss_is_chosen_from_the_phase_s_best_noisy_validation_accuracy():
     assert not ph.decide(0, 0, 0.18) and ph.loss is None          # not decided before the phase ends
     assert ph.decide(1, 1, 0.18) and ph.loss == "mae"             # MNIST p=0.8: most labels wrong
     assert choose_loss(0.34) == "mse" and choose_loss(AUTO_L1_BELOW) == "mse" and choose_loss(None) == "mae"
-    assert ph.state() == {"end": 2, "loss": "mae", "beta": None}
+    assert ph.state() == {"end": 2, "loss": "mae", "beta": None, "transition": None}
     again = InitPhase(2, 5, "both", auto_loss=True)
     again.load(ph.state())
     assert again.loss == "mae"
@@ -136,7 +136,7 @@ def test_a_run_switches_from_ce_to_limit_at_the_decided_epoch(shards, tmp_path, 
     from train.recipe import LIMIT_BETA_MSE, LIMIT_RECIPE    # --beta not typed: the rule's
     agree = max(r["val_acc"] for r in rows[:2])
     beta = LIMIT_BETA_MSE if chosen == "mse" and agree < AUTO_HIGH_BETA_BELOW else None
-    assert meta["init_phase"] == {"end": 2, "loss": chosen, "beta": beta} and final["predictor_loss_chosen"] == chosen
+    assert meta["init_phase"] == {"end": 2, "loss": chosen, "beta": beta, "transition": None} and final["predictor_loss_chosen"] == chosen
     assert f"predictor loss {chosen}" in log
     assert final["beta_after_init"] == (beta or LIMIT_RECIPE["beta"])
     assert "best_val_acc_clean_est" in final and "val_acc_clean_est" in rows[-1]

@@ -15,6 +15,7 @@ from safetensors.torch import load_file, save_file
 
 from pipeline import safe_io
 from pipeline.shards import DataError
+from train.clean_estimate import transition_problem
 from train.metrics import Meter
 from train.runfolder import read_jsonl, write_atomic
 
@@ -102,6 +103,8 @@ def check_meta(meta) -> str | None:
             and all(best.get(k) is None or _number(best[k]) for k in ("val_acc", "test_acc"))
             and (best.get("epoch") is None or _count(best["epoch"]))):
         return "'best' is not a record {score, val_acc, epoch, test_acc} of numbers"
+    if problem := transition_problem(best.get("val_transition")):
+        return f"'best' val_transition {problem}"
     if not isinstance(meta.get("in_epoch", False), bool):
         return "'in_epoch' is not true or false"
     if meta.get("in_epoch"):

@@ -67,12 +67,31 @@ def anchor_transition(probs: np.ndarray, low: float = 95.0, high: float = 99.0) 
 
 
 def estimate(probs: np.ndarray, given: np.ndarray) -> dict:
-    """The estimate from a split's softmax outputs (N, K) and given labels (N,); None when the
-    probabilities are not calibrated against the given labels (MAX_CALIBRATION_GAP)."""
+    """The estimate from a split's softmax outputs (N, K) and given labels (N,), with the anchor
+    T it used (None with the estimate: probabilities not calibrated against the given labels,
+    MAX_CALIBRATION_GAP, or T too near singular, MAX_CONDITION)."""
     given = np.asarray(given, np.int64)
     gap = float(probs.max(1).mean() - (probs.argmax(1) == given).mean())
     if gap > MAX_CALIBRATION_GAP:
-        return {"acc_clean_est": None, "transition_condition": None}
+        return {"acc_clean_est": None, "transition_condition": None, "transition": None}
     transition = anchor_transition(probs)
     acc, cond = clean_accuracy(probs.argmax(1), given, transition)
-    return {"acc_clean_est": acc, "transition_condition": round(cond, 2) if np.isfinite(cond) else None}
+    return {"acc_clean_est": acc, "transition_condition": round(cond, 2) if np.isfinite(cond) else None,
+            "transition": transition if acc is not None else None}
+
+
+def transition_problem(t) -> str | None:
+    """What is wrong with a transition matrix as JSON gives it back (a meta.json may come from a
+    stranger), or None: None itself, or K x K (2 <= K <= 100,000) finite numbers in [0, 1] whose
+    rows sum to 1 within 1e-3."""
+    if t is None:
+        return None
+    if (not isinstance(t, list) or not 2 <= len(t) <= 100_000
+            or any(not isinstance(row, list) or len(row) != len(t) for row in t)):
+        return "is not a square list of lists"
+    if any(isinstance(v, bool) or not isinstance(v, (int, float)) for row in t for v in row):
+        return "holds something other than numbers"
+    arr = np.asarray(t, dtype=np.float64)
+    if not np.isfinite(arr).all() or (arr < 0).any() or (arr > 1).any() or np.abs(arr.sum(1) - 1).max() > 1e-3:
+        return "has entries outside [0, 1] or rows that do not sum to 1"
+    return None

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from models.backbones import load_classifier_weights
 from models.limit import Outputs
 from train import checkpoint
+from train.clean_estimate import transition_problem
 from train.objectives import make_objective
 
 # --predictor-loss auto: L1 (LIMIT_L) when fewer than this fraction of the validation labels
@@ -57,15 +58,19 @@ class InitPhase:
     beta_mse: float | None = None   # the recipe's beta for mse at low agreement (train/recipe.py;
                                     # None: --beta as typed, for either distance)
     beta_chosen: float | None = None    # what decide() took from beta_mse (None: --beta)
+    use_transition: bool = False    # --predictor-transition estimate: keep the phase's anchor T
+    transition: list | None = None  # ... that T (K x K), once decided (None: none was estimated)
 
     def active(self, epoch: int) -> bool:
         """Does `epoch` train with cross-entropy?"""
         return self.max_epochs > 0 and (self.end is None or epoch < self.end)
 
-    def decide(self, epoch: int, best_epoch: int | None, best_val: float | None = None) -> bool:
+    def decide(self, epoch: int, best_epoch: int | None, best_val: float | None = None,
+               best_transition: list | None = None) -> bool:
         """After CE epoch `epoch` is evaluated: end the phase here? Sets `end` (and, under
         --predictor-loss auto, `loss` and `beta_chosen` from the phase's best noisy-validation
-        accuracy)."""
+        accuracy; under --predictor-transition estimate, `transition` from the same epoch's
+        anchor estimate, the weights the switch loads)."""
         if not self.active(epoch) or self.end is not None:
             return False
         stale = best_epoch is not None and epoch - best_epoch >= self.patience
@@ -75,6 +80,8 @@ class InitPhase:
                 self.loss = choose_loss(best_val)
                 high = self.loss == "mse" and best_val is not None and best_val < AUTO_HIGH_BETA_BELOW
                 self.beta_chosen = self.beta_mse if high else None
+            if self.use_transition:
+                self.transition = best_transition
             return True
         return False
 
@@ -84,16 +91,22 @@ class InitPhase:
 
     def objective(self, cfg, method_objective):
         """LIMIT's objective after the phase: the method's own, or with the chosen distance
-        (and, for mse under the recipe, its beta)."""
-        if not self.loss:
+        (and, for mse under the recipe, its beta) and the phase's noise transition matrix."""
+        if not self.loss and self.transition is None:
             return method_objective
-        return make_objective(dataclasses.replace(cfg, predictor_loss=self.loss, beta=self.beta(cfg)))
+        if self.loss:
+            cfg = dataclasses.replace(cfg, predictor_loss=self.loss, beta=self.beta(cfg))
+        t = None if self.transition is None else torch.tensor(self.transition, dtype=torch.float32)
+        return make_objective(cfg, t)
 
     def state(self) -> dict:
-        return {"end": self.end, "loss": self.loss, "beta": self.beta_chosen}
+        return {"end": self.end, "loss": self.loss, "beta": self.beta_chosen, "transition": self.transition}
 
     def load(self, state) -> None:
         end, loss, beta = (state or {}).get("end"), (state or {}).get("loss"), (state or {}).get("beta")
+        transition = (state or {}).get("transition")
+        if problem := transition_problem(transition):
+            raise checkpoint.CheckpointError(f"meta.json: init_phase transition {problem}")
         if end is not None and not (isinstance(end, int) and 0 < end <= self.max_epochs):
             raise checkpoint.CheckpointError(f"meta.json: init_phase end {end!r} is not an epoch in 1..{self.max_epochs}")
         if loss not in (None, "mse", "mae") or (self.auto_loss and end is not None and loss is None):
@@ -102,6 +115,8 @@ class InitPhase:
                                  or not 0 <= beta < float("inf")):
             raise checkpoint.CheckpointError(f"meta.json: init_phase beta {beta!r} is not a number >= 0")
         self.end, self.loss, self.beta_chosen = end, loss, None if beta is None else float(beta)
+        self.transition = transition if self.use_transition else None
+
 
 
 def choose_loss(best_val: float | None) -> str:

@@ -40,6 +40,7 @@ class Run:
     ema: object = None                  # models.ema.Ema of the classifier (--model-ema)
     init: init_phase.InitPhase | None = None      # --init-epochs: the CE phase before LIMIT
     method_objective: object = None     # the --method's objective; `objective` is this epoch's
+    val_transition: list | None = None  # the last validation pass's anchor T (train/clean_estimate.py)
 
     @property
     def total_steps(self) -> int:       # the LR schedule's length
@@ -192,6 +193,7 @@ def evaluate(run: Run, split: str, epoch: int = 0) -> dict:
         parts = gather_object([(torch.cat(probs).numpy(), torch.cat(given).numpy())])   # every rank's share
         est = clean_estimate.estimate(np.concatenate([p for p, _ in parts]), np.concatenate([g for _, g in parts]))
         row.update({"val_acc_clean_est": est["acc_clean_est"], "val_transition_condition": est["transition_condition"]})
+        run.val_transition = None if est["transition"] is None else np.round(est["transition"], 6).tolist()
     return row
 
 
@@ -224,12 +226,17 @@ def fit(run: Run, start_epoch: int = 0, resume: dict | None = None) -> dict:
         improved = score > run.best["score"]
         if improved:
             run.best = {"score": score, "val_acc": row.get("val_acc"), "epoch": epoch, "test_acc": row.get("test_acc"),
-                        "val_acc_clean_est": row.get("val_acc_clean_est")}
-        if run.init and run.init.decide(epoch, run.best.get("epoch"), run.best.get("val_acc")):
+                        "val_acc_clean_est": row.get("val_acc_clean_est"), "val_transition": run.val_transition}
+        if run.init and run.init.decide(epoch, run.best.get("epoch"), run.best.get("val_acc"),
+                                        run.best.get("val_transition")):
             acc.print(f"+init: the CE phase ends after epoch {epoch} (best noisy validation at epoch "
                       f"{run.best.get('epoch')}); {cfg.method} from epoch {run.init.end}"
                       + (f", predictor loss {run.init.loss}, beta {run.init.beta(cfg):g} (--predictor-loss auto)"
-                         if run.init.loss else ""))
+                         if run.init.loss else "")
+                      + (("; the predictor fits the labels through the estimated noise (mean diagonal "
+                          f"{np.mean(np.diag(run.init.transition)):.3f})" if run.init.transition is not None
+                          else "; no noise transition could be estimated: the predictor fits the labels as given")
+                         if run.init.use_transition else ""))
         # ---- log, then save: a kill in between only repeats this epoch's log line ----
         if acc.is_main_process:
             with safe_io.open_append(run.out / "metrics.jsonl") as f:   # never through a planted link

@@ -156,10 +156,12 @@ def _ce(cfg, transition=None):
 register(Objective("ce", _ce, flags=frozenset({"grad_noise", "grad_noise_sigma"}),
                    doc="cross-entropy (with --grad-noise: CE + GN / LN)"))
 register(Objective("limit", lambda cfg, t=None: partial(limit, predictor_loss=cfg.predictor_loss, beta=cfg.beta,
-                                                        sample=cfg.sample_dist if cfg.sample else "", sigma=cfg.sigma),
+                                                        sample=cfg.sample_dist if cfg.sample else "", sigma=cfg.sigma,
+                                                        transition=t),
                    second_net="predictor", score=Score("predictor", "predictor_loss"),
                    flags=frozenset({"predictor", "predictor_model", "predictor_loss", "predictor_warmup", "beta",
-                                    "sample", "sample_dist", "sigma", "init_target", "init_epochs", "init_patience"}),
+                                    "sample", "sample_dist", "sigma", "init_target", "init_epochs", "init_patience",
+                                    "predictor_transition"}),
                    doc="LIMIT: the classifier learns from predicted gradients"))
 register(Objective("mae", lambda cfg, t=None: mae, doc="mean absolute error (Ghosh et al.)"))
 register(Objective("gce", lambda cfg, t=None: partial(gce, q=cfg.gce_q), flags=frozenset({"gce_q"}),

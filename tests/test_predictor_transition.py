@@ -1,0 +1,116 @@
+"""--predictor-transition estimate: after +init's CE phase the predictor fits the given labels
+through the noise transition matrix the phase's best model estimated on noisy validation
+(forward correction), so the classifier learns towards the clean labels' distribution."""
+import json
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from models.limit import limit_loss
+from tests.shardkit import make_digit_shards
+from train import checkpoint, config
+from train.clean_estimate import estimate, transition_problem
+from train.init_phase import InitPhase
+from train.limit import cli
+
+
+def uniform_t(k: int, p: float) -> torch.Tensor:
+    t = torch.full((k, k), p / (k - 1))
+    return t.fill_diagonal_(1 - p)
+
+
+def test_the_predictor_fits_the_labels_through_the_transition():
+    torch.manual_seed(0)
+    a, r, y = torch.randn(6, 4), torch.randn(6, 4), torch.tensor([0, 1, 2, 3, 0, 1])
+    t = uniform_t(4, 0.3)
+    plain, _ = limit_loss(a, r, y, predictor_loss="mse", beta=2.0)
+    same, _ = limit_loss(a, r, y, predictor_loss="mse", beta=2.0, transition=torch.eye(4))
+    assert torch.allclose(plain, same)
+    q, onehot = r.softmax(1), F.one_hot(y, 4).float()
+    for dist, norm in (("mse", lambda e: e.square()), ("mae", lambda e: e.abs())):
+        _, stats = limit_loss(a, r, y, predictor_loss=dist, beta=2.0, transition=t)
+        assert torch.allclose(stats["predictor_loss"], norm(onehot - q @ t).sum(1).mean())
+
+
+def test_forward_correction_moves_the_predictor_to_the_clean_posterior():
+    """Fitting noisy labels through T: the predictor's best constant output on a class whose
+    given labels are 70/10/10/10 is that class alone, where the plain fit stops at 0.7."""
+    t = uniform_t(4, 0.3)
+    y = torch.tensor([0] * 70 + [1] * 10 + [2] * 10 + [3] * 10)
+    for transition, want in ((None, 0.7), (t, 1.0)):
+        r = torch.zeros(1, 4, requires_grad=True)
+        opt = torch.optim.Adam([r], lr=0.05)
+        for _ in range(3000):
+            opt.zero_grad()
+            loss, _ = limit_loss(torch.zeros(100, 4), r.expand(100, 4), y, predictor_loss="mse", transition=transition)
+            loss.backward()
+            opt.step()
+        assert r.softmax(1)[0, 0].item() == pytest.approx(want, abs=0.02)
+
+
+def test_the_phase_keeps_the_best_epoch_s_matrix_through_a_resume():
+    t = uniform_t(3, 0.2).tolist()
+    ph = InitPhase(2, 5, "both", auto_loss=True, use_transition=True)
+    assert ph.decide(1, 1, 0.6, t) and ph.transition == t
+    again = InitPhase(2, 5, "both", auto_loss=True, use_transition=True)
+    again.load(json.loads(json.dumps(ph.state())))
+    assert np.allclose(again.transition, t)
+    cfg = config.parse(["--data", "x", "--method", "limit", "--init-epochs", "2", "--predictor-transition", "estimate"])
+    assert torch.allclose(again.objective(cfg, None).keywords["transition"], torch.tensor(t))
+    off = InitPhase(2, 5, "both", auto_loss=True)                     # the flag off: never used
+    off.decide(1, 1, 0.6, t)
+    assert off.transition is None and off.objective(cfg, None).keywords.get("transition") is None
+
+
+@pytest.mark.parametrize("bad", [[[1.0]], [[0.5, 0.5], [0.5]], [[0.5, "0.5"], [0.5, 0.5]], [[True, 0], [0, 1]],
+                                 [[0.5, 0.6], [0.5, 0.5]], [[1.5, -0.5], [0.0, 1.0]], [[float("nan"), 1], [0, 1]],
+                                 "eye", {"a": 1}])
+def test_a_matrix_from_a_stranger_s_meta_is_checked(bad):
+    assert transition_problem(bad)
+    with pytest.raises(checkpoint.CheckpointError, match="transition"):
+        InitPhase(2, 5, "both", use_transition=True).load({"end": 2, "loss": None, "beta": None, "transition": bad})
+    meta = {"epoch": 1, "step": 2, "config": {}, "best": {"score": 0.5, "epoch": 1, "val_transition": bad}}
+    assert "val_transition" in checkpoint.check_meta(meta)
+
+
+def test_the_estimate_hands_back_its_matrix_only_with_an_estimate():
+    rng = np.random.default_rng(0)
+    t = uniform_t(3, 0.3).numpy().astype(np.float64)
+    clean = rng.integers(0, 3, 3000)
+    given = np.array([rng.choice(3, p=t[c]) for c in clean])
+    calibrated = estimate(t[clean] + rng.normal(0, 0.01, (3000, 3)).clip(-0.05, 0.05), given)
+    assert calibrated["acc_clean_est"] is not None
+    assert np.allclose(calibrated["transition"], t, atol=0.05)
+    sharp = estimate(np.eye(3)[clean] * 0.98 + 0.01, given)           # sharper than the labels allow
+    assert sharp["acc_clean_est"] is None and sharp["transition"] is None
+
+
+def test_the_flag_needs_the_ce_phase_and_limit():
+    with pytest.raises(config.ConfigError, match="needs --init-epochs"):
+        config.check_resolved(config.parse(["--data", "x", "--method", "limit", "--predictor-transition", "estimate"]))
+    with pytest.raises(config.ConfigError, match="predictor-transition"):
+        config.parse(["--data", "x", "--method", "ce", "--predictor-transition", "estimate"])
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory):
+    return make_digit_shards(tmp_path_factory.mktemp("fwpred"), n_train=300, n_test=100, shard_size=100)
+
+
+def test_a_run_switches_with_the_phase_s_matrix(shards, tmp_path, capsys):
+    out = tmp_path / "run"
+    argv = ["--data", str(shards), "--model", "mnist_cnn", "--method", "limit", "--noise", "uniform:0.3",
+            "--epochs", "3", "--init-epochs", "2", "--init-target", "both", "--batch-size", "50",
+            "--predictor-loss", "mse", "--predictor-transition", "estimate", "--workers", "1", "--out", str(out)]
+    assert cli(argv) == 0
+    log = capsys.readouterr().out
+    meta = json.loads((out / "checkpoints" / "last" / "meta.json").read_text())
+    t = meta["init_phase"]["transition"]
+    assert transition_problem(t) is None
+    if t is None:
+        assert "no noise transition could be estimated" in log
+    else:
+        assert len(t) == 10 and f"mean diagonal {np.mean(np.diag(t)):.3f}" in log
+    assert json.loads((out / "config.json").read_text())["predictor_transition"] == "estimate"
