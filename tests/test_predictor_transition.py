@@ -52,9 +52,9 @@ def test_forward_correction_moves_the_predictor_to_the_clean_posterior():
 
 def test_the_phase_keeps_the_best_epoch_s_matrix_through_a_resume():
     t = uniform_t(3, 0.2).tolist()
-    ph = InitPhase(2, 5, "both", auto_loss=True, use_transition=True)
+    ph = InitPhase(2, 5, "both", auto_loss=True, transition_mode="estimate")
     assert ph.decide(1, 1, 0.6, t) and ph.transition == t
-    again = InitPhase(2, 5, "both", auto_loss=True, use_transition=True)
+    again = InitPhase(2, 5, "both", auto_loss=True, transition_mode="estimate")
     again.load(json.loads(json.dumps(ph.state())))
     assert np.allclose(again.transition, t)
     cfg = config.parse(["--data", "x", "--method", "limit", "--init-epochs", "2", "--predictor-transition", "estimate"])
@@ -70,7 +70,7 @@ def test_the_phase_keeps_the_best_epoch_s_matrix_through_a_resume():
 def test_a_matrix_from_a_stranger_s_meta_is_checked(bad):
     assert transition_problem(bad)
     with pytest.raises(checkpoint.CheckpointError, match="transition"):
-        InitPhase(2, 5, "both", use_transition=True).load({"end": 2, "loss": None, "beta": None, "transition": bad})
+        InitPhase(2, 5, "both", transition_mode="estimate").load({"end": 2, "loss": None, "beta": None, "transition": bad})
     meta = {"epoch": 1, "step": 2, "config": {}, "best": {"score": 0.5, "epoch": 1, "val_transition": bad}}
     assert "val_transition" in checkpoint.check_meta(meta)
 
@@ -113,4 +113,56 @@ def test_a_run_switches_with_the_phase_s_matrix(shards, tmp_path, capsys):
         assert "no noise transition could be estimated" in log
     else:
         assert len(t) == 10 and f"mean diagonal {np.mean(np.diag(t)):.3f}" in log
+        assert meta["best"]["score"] == meta["best"]["val_acc_clean_est"]     # selection through T
     assert json.loads((out / "config.json").read_text())["predictor_transition"] == "estimate"
+
+
+# ---- --predictor-transition auto: only for structured noise ----
+def pair_t(k: int, p: float, pairs) -> torch.Tensor:
+    t = torch.eye(k)
+    for src, dst in pairs:
+        t[src, src], t[src, dst] = 1 - p, p
+    return t
+
+
+def test_noise_structure_is_zero_for_uniform_noise_and_one_for_pairs():
+    from train.clean_estimate import noise_structure
+    assert noise_structure(uniform_t(10, 0.6).tolist()) == pytest.approx(0.0, abs=1e-6)
+    assert noise_structure(pair_t(10, 0.4, [(0, 6), (2, 4), (5, 7), (9, 7)]).tolist()) == pytest.approx(1.0)
+    assert noise_structure(None) == 0.0 and noise_structure(torch.eye(5).tolist()) == 0.0
+    assert noise_structure(uniform_t(2, 0.3).tolist()) == 0.0         # two classes: nothing to tell apart
+    mixed = (0.5 * uniform_t(10, 0.4) + 0.5 * pair_t(10, 0.4, [(c, (c + 1) % 10) for c in range(10)])).tolist()
+    assert 0.3 < noise_structure(mixed) < 0.7
+
+
+@pytest.mark.parametrize("t, used", [(uniform_t(10, 0.6), False), (pair_t(10, 0.4, [(0, 6), (2, 4), (5, 7)]), True)])
+def test_auto_corrects_structured_noise_only(t, used):
+    from train.loop import transition_note
+    ph = InitPhase(2, 5, "both", auto_loss=True, transition_mode="auto")
+    assert ph.decide(1, 1, 0.6, t.tolist())
+    assert (ph.transition is not None) == used
+    note = transition_note(ph, t.tolist())
+    assert ("through the estimated noise" in note) == used and "--predictor-transition auto" in note
+
+
+def test_the_recipe_sets_auto_with_its_ce_phase_only():
+    from train.recipe import apply_recipe
+    argv = ["--data", "x", "--method", "limit", "--model", "mnist_cnn", "--epochs", "60"]
+    cfg, changed = apply_recipe(config.parse(argv), {"augment": {"crop": "none"}}, config.given(argv))
+    assert cfg.predictor_transition == "auto" and "predictor_transition" in changed
+    short = argv[:-1] + ["3"]                                       # too short for a CE phase
+    assert apply_recipe(config.parse(short), {}, config.given(short))[0].predictor_transition == "none"
+    typed = argv + ["--predictor-transition", "none"]
+    assert apply_recipe(config.parse(typed), {}, config.given(typed))[0].predictor_transition == "none"
+
+
+def test_selection_after_a_corrected_switch_uses_the_clean_estimate():
+    from train.loop import Run, selection_score
+    run = Run(cfg=None, accelerator=None, model=None, optimizer=None, objective=None, loaders={}, norm=(),
+              steps_per_epoch=10, out=None, init=InitPhase(2, 5, "both", transition_mode="estimate"))
+    row = {"val_acc": 0.70, "val_acc_clean_est": 0.85, "train_acc": 0.6}
+    assert selection_score(run, 1, row) == 0.70                     # the CE phase: noisy accuracy
+    run.init.decide(1, 1, 0.7, uniform_t(10, 0.3).tolist())
+    assert selection_score(run, 2, row) == 0.85                     # after the switch: through T
+    run.init.transition = None
+    assert selection_score(run, 2, row) == 0.70

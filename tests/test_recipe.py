@@ -78,7 +78,8 @@ def test_limit_gets_the_recipe_for_flags_left_at_their_defaults():
     # the CE phase (a quarter of the 10 default epochs) starts both networks: the predictor
     # keeps the classifier's backbone
     assert (cfg.init_epochs, cfg.init_target, cfg.predictor_model, cfg.predictor_loss) == (2, "both", "", "auto")
-    assert set(changed) == {"batch_size", "model_ema", "augment", "beta", "init_epochs", "init_target", "predictor_loss"}
+    assert set(changed) == {"batch_size", "model_ema", "augment", "beta", "init_epochs", "init_target", "predictor_loss",
+                            "predictor_transition"}
     cfg, changed = recipe_of(["--method", "limit", "--model", "mnist_cnn", "--init-epochs", "0"])
     assert cfg.predictor_model == "mnist_cnn_bn" and "init_target" not in changed
 

@@ -95,3 +95,19 @@ def transition_problem(t) -> str | None:
     if not np.isfinite(arr).all() or (arr < 0).any() or (arr > 1).any() or np.abs(arr.sum(1) - 1).max() > 1e-3:
         return "has entries outside [0, 1] or rows that do not sum to 1"
     return None
+
+
+def noise_structure(t) -> float:
+    """How concentrated a transition matrix's noise is: 0 when each class's wrong labels spread
+    evenly over the other classes (uniform noise), 1 when they all go to one other class (pair
+    noise). The share of the off-diagonal mass that sits in each row's largest off-diagonal
+    entry, rescaled from [1/(K-1), 1] to [0, 1]; 0 for None, K = 2 or a noiseless T."""
+    if t is None:
+        return 0.0
+    t = np.asarray(t, dtype=np.float64)
+    k = t.shape[0]
+    off = t - np.diag(np.diag(t))
+    if k < 3 or off.sum() <= 0:
+        return 0.0
+    share = off.max(1).sum() / off.sum()
+    return float(np.clip((share - 1 / (k - 1)) / (1 - 1 / (k - 1)), 0.0, 1.0))

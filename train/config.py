@@ -44,7 +44,7 @@ class Config:
     predictor: str = opt("network", "LIMIT predictor: a second backbone, or a head on the classifier's detached features", choices=["network", "head"])
     predictor_model: str = opt("", "LIMIT predictor backbone (default: the classifier's)")
     predictor_loss: str = opt("mae", "LIMIT predictor distance: mse (LIMIT_G), mae (LIMIT_L), or auto: chosen when the CE phase of --init-epochs ends, from its noisy validation accuracy (train/init_phase.py; --method limit's recipe sets auto)", choices=["mse", "mae", "auto"])
-    predictor_transition: str = opt("none", "LIMIT after the CE phase of --init-epochs: estimate, the predictor fits the given labels through the noise transition matrix estimated from the phase's best model on noisy validation (forward correction: the classifier then learns the clean labels' distribution; train/init_phase.py); none: the given labels as they are", choices=["none", "estimate"])
+    predictor_transition: str = opt("none", "LIMIT after the CE phase of --init-epochs: estimate, the predictor fits the given labels through the noise transition matrix estimated from the phase's best model on noisy validation (forward correction: the classifier then learns the clean labels' distribution); auto: only when that matrix shows structured noise (train/init_phase.py; --method limit's recipe sets auto); none: the labels as given", choices=["none", "estimate", "auto"])
     beta: float = opt(10.0, "LIMIT penalty on ||mu||^2 (--method limit's recipe sets 5 unless typed; --recipe none keeps 10; see README)")
     sample: bool = opt(False, "LIMIT +S: add noise to the predicted gradient", action=argparse.BooleanOptionalAction)
     sample_dist: str = opt("gaussian", "+S noise distribution", choices=["gaussian", "laplace"])
@@ -189,7 +189,8 @@ def check_owned(method: str, given) -> None:
 def check_resolved(cfg: Config) -> None:
     """What only holds once the recipe (train/recipe.py) has set its flags."""
     if cfg.predictor_transition != "none" and cfg.method == "limit" and not cfg.init_epochs:
-        raise ConfigError("--predictor-transition estimate takes the matrix from the CE phase: it needs --init-epochs > 0")
+        raise ConfigError(f"--predictor-transition {cfg.predictor_transition} takes the matrix from the CE phase: "
+                          "it needs --init-epochs > 0")
     if cfg.predictor_loss == "auto" and cfg.method == "limit" and not cfg.init_epochs:
         raise ConfigError("--predictor-loss auto is chosen at the end of the CE phase: it needs --init-epochs > 0 "
                           "(--method limit's recipe sets it for runs of 4 epochs or more)")

@@ -103,7 +103,7 @@ def train(res: Resolved, acc, out: Path) -> int:
                   if REGISTRY[cfg.method].transition else None)
     objective = make_objective(cfg, transition)
     phase = (init_phase.InitPhase(cfg.init_epochs, cfg.init_patience, cfg.init_target, auto_loss=cfg.predictor_loss == "auto",
-                                  beta_mse=beta_mse(recipe), use_transition=cfg.predictor_transition == "estimate")
+                                  beta_mse=beta_mse(recipe), transition_mode=cfg.predictor_transition)
              if cfg.init_epochs else None)
     run = Run(cfg, acc, model, optimizer, objective, loaders, norm, steps, out, ema=ema, init=phase,
               method_objective=objective)

@@ -163,6 +163,31 @@ def check_finite(run: Run, meter: Meter, epoch: int) -> None:
                    f"{last if last.exists() else 'none'}; lower --lr or set --clip-grad")
 
 
+def transition_note(init, estimated) -> str:
+    """The log's word on --predictor-transition at the switch."""
+    if estimated is None:
+        return "no noise transition could be estimated: the predictor fits the labels as given"
+    how = (f"the predictor fits the labels through the estimated noise (mean diagonal "
+           f"{np.mean(np.diag(estimated)):.3f}") if init.transition is not None else "the labels as given (the noise"
+    return f"{how}, structure {clean_estimate.noise_structure(estimated):.2f}; --predictor-transition {init.transition_mode})"
+
+
+def selection_score(run: Run, epoch: int, row: dict) -> float:
+    """What model selection maximizes: noisy validation accuracy (train accuracy without a
+    validation split). After a switch with --predictor-transition estimate the classifier
+    predicts clean labels, which under pair-like noise agree *less* with the noisy ones than
+    the noisy labels' own argmax does, so there the score is the clean accuracy estimated
+    through the phase's T (evaluate); the phase's best is re-scored the same way at the switch."""
+    if fixed_transition(run, epoch) is not None and row.get("val_acc_clean_est") is not None:
+        return row["val_acc_clean_est"]
+    return row.get("val_acc") if row.get("val_acc") is not None else row["train_acc"]
+
+
+def fixed_transition(run: Run, epoch: int) -> list | None:
+    """The CE phase's T, for an epoch that trains with it (--predictor-transition estimate)."""
+    return run.init.transition if run.init and not run.init.active(epoch) else None
+
+
 @torch.no_grad()
 def evaluate(run: Run, split: str, epoch: int = 0) -> dict:
     """Accuracy of the classifier alone (its EMA under --model-ema) against the split's
@@ -191,7 +216,10 @@ def evaluate(run: Run, split: str, epoch: int = 0) -> dict:
     row = {f"{split}_acc": res["acc"], f"{split}_acc_clean": res["acc_clean"], f"{split}_loss": res["ce"]}
     if probs:
         parts = gather_object([(torch.cat(probs).numpy(), torch.cat(given).numpy())])   # every rank's share
-        est = clean_estimate.estimate(np.concatenate([p for p, _ in parts]), np.concatenate([g for _, g in parts]))
+        probs_all, given_all = np.concatenate([p for p, _ in parts]), np.concatenate([g for _, g in parts])
+        est = clean_estimate.estimate(probs_all, given_all)
+        if (fixed := fixed_transition(run, epoch)) is not None:    # the T the predictor fits through
+            est["acc_clean_est"] = clean_estimate.clean_accuracy(probs_all.argmax(1), given_all, np.asarray(fixed))[0]
         row.update({"val_acc_clean_est": est["acc_clean_est"], "val_transition_condition": est["transition_condition"]})
         run.val_transition = None if est["transition"] is None else np.round(est["transition"], 6).tolist()
     return row
@@ -222,21 +250,21 @@ def fit(run: Run, start_epoch: int = 0, resume: dict | None = None) -> dict:
         # Without a validation split: accuracy on the given train labels, the same quantity
         # for every method (the objective's value is not: LIMIT's surrogate is no loss). Unlike
         # noisy validation accuracy it rewards memorizing the noise: keep a validation split.
-        score = row.get("val_acc") if row.get("val_acc") is not None else row["train_acc"]
+        score = selection_score(run, epoch, row)
         improved = score > run.best["score"]
         if improved:
             run.best = {"score": score, "val_acc": row.get("val_acc"), "epoch": epoch, "test_acc": row.get("test_acc"),
                         "val_acc_clean_est": row.get("val_acc_clean_est"), "val_transition": run.val_transition}
         if run.init and run.init.decide(epoch, run.best.get("epoch"), run.best.get("val_acc"),
                                         run.best.get("val_transition")):
+            if run.init.transition is not None:        # the CE phase's best, scored as LIMIT's epochs will be
+                run.best["score"] = run.best["val_acc_clean_est"]
             acc.print(f"+init: the CE phase ends after epoch {epoch} (best noisy validation at epoch "
                       f"{run.best.get('epoch')}); {cfg.method} from epoch {run.init.end}"
                       + (f", predictor loss {run.init.loss}, beta {run.init.beta(cfg):g} (--predictor-loss auto)"
                          if run.init.loss else "")
-                      + (("; the predictor fits the labels through the estimated noise (mean diagonal "
-                          f"{np.mean(np.diag(run.init.transition)):.3f})" if run.init.transition is not None
-                          else "; no noise transition could be estimated: the predictor fits the labels as given")
-                         if run.init.use_transition else ""))
+                      + (f"; {transition_note(run.init, run.best.get('val_transition'))}"
+                         if run.init.transition_mode != "none" else ""))
         # ---- log, then save: a kill in between only repeats this epoch's log line ----
         if acc.is_main_process:
             with safe_io.open_append(run.out / "metrics.jsonl") as f:   # never through a planted link
@@ -257,6 +285,7 @@ def fit(run: Run, start_epoch: int = 0, resume: dict | None = None) -> dict:
             "best_val_acc_clean_est": run.best.get("val_acc_clean_est"),
             "predictor_loss_chosen": run.init.loss if run.init else None,
             "beta_after_init": run.init.beta(cfg) if run.init and run.init.loss else None,
+            "predictor_transition_used": run.init.transition is not None if run.init else None,
             "test_acc": run.best.get("test_acc"), "test_acc_last": row.get("test_acc"),
             "train_acc_last": row.get("train_acc"),
             "epochs": row.get("epoch", -1) + 1, "early_stopped": early, "samples_skipped": row.get("samples_skipped", run.n_skipped),

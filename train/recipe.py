@@ -44,6 +44,7 @@ def apply_recipe(cfg, card: dict, given: set) -> tuple:
         if want["init_epochs"]:
             want["init_target"] = LIMIT_INIT_TARGET
             want["predictor_loss"] = "auto"           # chosen from noisy validation at the switch
+            want["predictor_transition"] = "auto"     # ... and the forward correction (init_phase.py)
     init_epochs_now = cfg.init_epochs if "init_epochs" in given else want.get("init_epochs", cfg.init_epochs)
     init_target = cfg.init_target if "init_target" in given else want.get("init_target", cfg.init_target)
     # a predictor started from the CE model needs the classifier's backbone
