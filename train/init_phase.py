@@ -78,8 +78,8 @@ class InitPhase:
                best_transition: list | None = None) -> bool:
         """After CE epoch `epoch` is evaluated: end the phase here? Sets `end` (and, under
         --predictor-loss auto, `loss` and `beta_chosen` from the phase's best noisy-validation
-        accuracy; under --predictor-transition estimate, `transition` from the same epoch's
-        anchor estimate, the weights the switch loads)."""
+        accuracy; under --predictor-transition estimate, or auto when it shows structured noise,
+        `transition`: the anchor T of that same best epoch, whose weights the switch loads)."""
         if not self.active(epoch) or self.end is not None:
             return False
         stale = best_epoch is not None and epoch - best_epoch >= self.patience
@@ -126,7 +126,6 @@ class InitPhase:
             raise checkpoint.CheckpointError(f"meta.json: init_phase beta {beta!r} is not a number >= 0")
         self.end, self.loss, self.beta_chosen = end, loss, None if beta is None else float(beta)
         self.transition = transition if self.transition_mode != "none" else None
-
 
 
 def choose_loss(best_val: float | None) -> str:

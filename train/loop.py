@@ -174,7 +174,7 @@ def transition_note(init, estimated) -> str:
 
 def selection_score(run: Run, epoch: int, row: dict) -> float:
     """What model selection maximizes: noisy validation accuracy (train accuracy without a
-    validation split). After a switch with --predictor-transition estimate the classifier
+    validation split). After a switch that kept a T (--predictor-transition) the classifier
     predicts clean labels, which under pair-like noise agree *less* with the noisy ones than
     the noisy labels' own argmax does, so there the score is the clean accuracy estimated
     through the phase's T (evaluate); the phase's best is re-scored the same way at the switch."""
@@ -184,7 +184,7 @@ def selection_score(run: Run, epoch: int, row: dict) -> float:
 
 
 def fixed_transition(run: Run, epoch: int) -> list | None:
-    """The CE phase's T, for an epoch that trains with it (--predictor-transition estimate)."""
+    """The CE phase's T, for an epoch that trains with it (--predictor-transition)."""
     return run.init.transition if run.init and not run.init.active(epoch) else None
 
 
