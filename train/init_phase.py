@@ -99,14 +99,15 @@ class InitPhase:
         """The penalty LIMIT runs with after the phase."""
         return self.beta_chosen if self.beta_chosen is not None else cfg.beta
 
-    def objective(self, cfg, method_objective):
+    def objective(self, cfg, method_objective, device=None):
         """LIMIT's objective after the phase: the method's own, or with the chosen distance
-        (and, for mse under the recipe, its beta) and the phase's noise transition matrix."""
+        (and, for mse under the recipe, its beta) and the phase's noise transition matrix (put on
+        `device` once, not copied there every step)."""
         if not self.loss and self.transition is None:
             return method_objective
         if self.loss:
             cfg = dataclasses.replace(cfg, predictor_loss=self.loss, beta=self.beta(cfg))
-        t = None if self.transition is None else torch.tensor(self.transition, dtype=torch.float32)
+        t = None if self.transition is None else torch.tensor(self.transition, dtype=torch.float32, device=device)
         return make_objective(cfg, t)
 
     def state(self) -> dict:

@@ -240,7 +240,7 @@ def fit(run: Run, start_epoch: int = 0, resume: dict | None = None) -> dict:
                 acc.print(init_phase.switch(acc.unwrap_model(run.model), run.optimizer, run.ema, run.out,
                                             run.init.target))
             run.objective = (init_phase.ce_objective if run.init.active(epoch)
-                             else run.init.objective(cfg, run.method_objective))
+                             else run.init.objective(cfg, run.method_objective, acc.device))
         row = {"epoch": epoch, **train_epoch(run, epoch, resume if epoch == start_epoch else None),
                **evaluate(run, "val", epoch), **evaluate(run, "test", epoch)}
         row["samples_skipped"] = int(acc.reduce(torch.tensor(run.n_skipped, device=acc.device), "sum"))
