@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from models.limit import limit_loss
-from tests.shardkit import make_digit_shards
+from tests.test_quality_recipe import phase_argv, shards  # noqa: F401 (shards: the module's fixture)
 from train import checkpoint, config
 from train.clean_estimate import estimate, transition_problem
 from train.init_phase import InitPhase
@@ -94,17 +94,9 @@ def test_the_flag_needs_the_ce_phase_and_limit():
         config.parse(["--data", "x", "--method", "ce", "--predictor-transition", "estimate"])
 
 
-@pytest.fixture(scope="module")
-def shards(tmp_path_factory):
-    return make_digit_shards(tmp_path_factory.mktemp("fwpred"), n_train=300, n_test=100, shard_size=100)
-
-
 def test_a_run_switches_with_the_phase_s_matrix(shards, tmp_path, capsys):
     out = tmp_path / "run"
-    argv = ["--data", str(shards), "--model", "mnist_cnn", "--method", "limit", "--noise", "uniform:0.3",
-            "--epochs", "3", "--init-epochs", "2", "--init-target", "both", "--batch-size", "50",
-            "--predictor-loss", "mse", "--predictor-transition", "estimate", "--workers", "1", "--out", str(out)]
-    assert cli(argv) == 0
+    assert cli(phase_argv(shards, out, "uniform:0.3", "mse") + ["--predictor-transition", "estimate"]) == 0
     log = capsys.readouterr().out
     meta = json.loads((out / "checkpoints" / "last" / "meta.json").read_text())
     t = meta["init_phase"]["transition"]

@@ -119,12 +119,16 @@ def shards(tmp_path_factory):
     return make_digit_shards(tmp_path_factory.mktemp("initphase"), n_train=300, n_test=100, shard_size=100)
 
 
+def phase_argv(shards, out, noise: str, loss: str) -> list[str]:
+    """A 3-epoch LIMIT run whose CE phase is its first 2 epochs."""
+    return ["--data", str(shards), "--model", "mnist_cnn", "--method", "limit", "--noise", noise,
+            "--epochs", "3", "--init-epochs", "2", "--init-target", "both", "--batch-size", "50",
+            "--predictor-loss", loss, "--workers", "1", "--out", str(out)]
+
+
 def test_a_run_switches_from_ce_to_limit_at_the_decided_epoch(shards, tmp_path, capsys):
     out = tmp_path / "run"
-    argv = ["--data", str(shards), "--model", "mnist_cnn", "--method", "limit", "--noise", "uniform:0.5",
-            "--epochs", "3", "--init-epochs", "2", "--init-target", "both", "--batch-size", "50",
-            "--predictor-loss", "auto", "--workers", "1", "--out", str(out)]
-    assert cli(argv) == 0
+    assert cli(phase_argv(shards, out, "uniform:0.5", "auto")) == 0
     log = capsys.readouterr().out
     assert "the CE phase ends after epoch 1" in log and "+init: classifier, predictor from" in log
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
