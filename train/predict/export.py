@@ -11,9 +11,13 @@ resize). Plain timm then loads it either way:
     timm.create_model(ARCH, pretrained=True, num_classes=K,
                       pretrained_cfg_overlay=dict(file="EXPORT/model.safetensors", num_classes=K))
 
-The overlay must carry num_classes: timm keeps a file's classifier only when the model's class
-count equals the *pretrained cfg's* (ARCH's default, 1000 for ImageNet models), and otherwise
-drops it silently, leaving a random head (checked by tests/test_predict.py).
+Both forms read local files only: `local-dir:` is a folder, and `file=` in the overlay makes
+pretrained=True load that file instead of downloading anything, so neither reaches a model hub
+(tests/test_predict.py loads an export both ways with HF_HUB_OFFLINE=1, set by
+tests/conftest.py). The overlay must carry num_classes: timm keeps a file's classifier only
+when the model's class count equals the *pretrained cfg's* (ARCH's default, 1000 for ImageNet
+models), and otherwise drops it silently, leaving a random head (checked by
+tests/test_predict.py).
 
 Only models timm itself defines are exported: mnist_cnn and cifar_resnet34 are registered by
 models/backbones.py, which plain timm does not have."""
