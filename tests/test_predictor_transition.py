@@ -129,11 +129,10 @@ def test_noise_structure_is_zero_for_uniform_noise_and_one_for_pairs():
 
 @pytest.mark.parametrize("t, used", [(uniform_t(10, 0.6), False), (pair_t(10, 0.4, [(0, 6), (2, 4), (5, 7)]), True)])
 def test_auto_corrects_structured_noise_only(t, used):
-    from train.loop import transition_note
     ph = InitPhase(2, 5, "both", auto_loss=True, transition_mode="auto")
     assert ph.decide(1, 1, 0.6, t.tolist())
     assert (ph.transition is not None) == used
-    note = transition_note(ph, t.tolist())
+    note = ph.choices_note(config.parse(["--data", "x", "--method", "limit"]), t.tolist())
     assert ("through the estimated noise" in note) == used and "--predictor-transition auto" in note
 
 

@@ -1,4 +1,6 @@
-"""Accuracy on clean labels, estimated from a noisily labelled split (issue 26 item 4).
+"""Accuracy on clean labels, estimated from a noisily labelled split (issue 26 item 4), and the
+noise transition matrix T it rests on: its anchor estimate, the check of a T read back from a
+meta.json, and how structured its noise is (--predictor-transition auto, train/init_phase.py).
 
 With class-conditional noise (the given label depends on the clean label only, not on the
 image), a model's prediction and the given label are independent given the clean label, so

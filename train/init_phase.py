@@ -19,6 +19,7 @@ so a resumed run switches at the same epoch; the switch itself runs at the start
 import dataclasses
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -109,6 +110,22 @@ class InitPhase:
             cfg = dataclasses.replace(cfg, predictor_loss=self.loss, beta=self.beta(cfg))
         t = None if self.transition is None else torch.tensor(self.transition, dtype=torch.float32, device=device)
         return make_objective(cfg, t)
+
+    def wants_transition(self, epoch: int) -> bool:
+        """Does a CE epoch's anchor T matter (--predictor-transition, the phase not ended)?"""
+        return self.transition_mode != "none" and self.active(epoch)
+
+    def choices_note(self, cfg, estimated) -> str:
+        """What decide() chose, for the switch's log line; `estimated`: the T it was offered."""
+        note = (f", predictor loss {self.loss}, beta {self.beta(cfg):g} (--predictor-loss auto)"
+                if self.loss else "")
+        if self.transition_mode == "none":
+            return note
+        if estimated is None:
+            return note + "; no noise transition could be estimated: the predictor fits the labels as given"
+        how = (f"the predictor fits the labels through the estimated noise (mean diagonal "
+               f"{np.mean(np.diag(estimated)):.3f}" if self.transition is not None else "the labels as given (the noise")
+        return note + f"; {how}, structure {noise_structure(estimated):.2f}; --predictor-transition {self.transition_mode})"
 
     def state(self) -> dict:
         return {"end": self.end, "loss": self.loss, "beta": self.beta_chosen, "transition": self.transition}

@@ -40,7 +40,6 @@ class Run:
     ema: object = None                  # models.ema.Ema of the classifier (--model-ema)
     init: init_phase.InitPhase | None = None      # --init-epochs: the CE phase before LIMIT
     method_objective: object = None     # the --method's objective; `objective` is this epoch's
-    val_transition: list | None = None  # the last validation pass's anchor T (train/clean_estimate.py)
 
     @property
     def total_steps(self) -> int:       # the LR schedule's length
@@ -163,15 +162,6 @@ def check_finite(run: Run, meter: Meter, epoch: int) -> None:
                    f"{last if last.exists() else 'none'}; lower --lr or set --clip-grad")
 
 
-def transition_note(init, estimated) -> str:
-    """The log's word on --predictor-transition at the switch."""
-    if estimated is None:
-        return "no noise transition could be estimated: the predictor fits the labels as given"
-    how = (f"the predictor fits the labels through the estimated noise (mean diagonal "
-           f"{np.mean(np.diag(estimated)):.3f}") if init.transition is not None else "the labels as given (the noise"
-    return f"{how}, structure {clean_estimate.noise_structure(estimated):.2f}; --predictor-transition {init.transition_mode})"
-
-
 def selection_score(run: Run, epoch: int, row: dict) -> float:
     """What model selection maximizes: noisy validation accuracy (train accuracy without a
     validation split). After a switch that kept a T (--predictor-transition) the classifier
@@ -221,7 +211,8 @@ def evaluate(run: Run, split: str, epoch: int = 0) -> dict:
         if (fixed := fixed_transition(run, epoch)) is not None:    # the T the predictor fits through
             est["acc_clean_est"] = clean_estimate.clean_accuracy(probs_all.argmax(1), given_all, np.asarray(fixed))[0]
         row.update({"val_acc_clean_est": est["acc_clean_est"], "val_transition_condition": est["transition_condition"]})
-        run.val_transition = None if est["transition"] is None else np.round(est["transition"], 6).tolist()
+        if run.init and run.init.wants_transition(epoch) and est["transition"] is not None:
+            row["val_transition"] = np.round(est["transition"], 6).tolist()
     return row
 
 
@@ -246,6 +237,7 @@ def fit(run: Run, start_epoch: int = 0, resume: dict | None = None) -> dict:
         row["samples_skipped"] = int(acc.reduce(torch.tensor(run.n_skipped, device=acc.device), "sum"))
         row["wall_s"] = time.perf_counter() - t_start
         row["lr"] = run.optimizer.param_groups[0]["lr"]
+        transition = row.pop("val_transition", None)  # K x K: for the switch (below), not for the log
         # ---- select on the (noisy) validation split: the paper's protocol ----
         # Without a validation split: accuracy on the given train labels, the same quantity
         # for every method (the objective's value is not: LIMIT's surrogate is no loss). Unlike
@@ -254,17 +246,16 @@ def fit(run: Run, start_epoch: int = 0, resume: dict | None = None) -> dict:
         improved = score > run.best["score"]
         if improved:
             run.best = {"score": score, "val_acc": row.get("val_acc"), "epoch": epoch, "test_acc": row.get("test_acc"),
-                        "val_acc_clean_est": row.get("val_acc_clean_est"), "val_transition": run.val_transition}
+                        "val_acc_clean_est": row.get("val_acc_clean_est")}
+            if transition is not None:                    # only while the switch may still need it
+                run.best["val_transition"] = transition
         if run.init and run.init.decide(epoch, run.best.get("epoch"), run.best.get("val_acc"),
                                         run.best.get("val_transition")):
             if run.init.transition is not None:        # the CE phase's best, scored as LIMIT's epochs will be
                 run.best["score"] = run.best["val_acc_clean_est"]
             acc.print(f"+init: the CE phase ends after epoch {epoch} (best noisy validation at epoch "
                       f"{run.best.get('epoch')}); {cfg.method} from epoch {run.init.end}"
-                      + (f", predictor loss {run.init.loss}, beta {run.init.beta(cfg):g} (--predictor-loss auto)"
-                         if run.init.loss else "")
-                      + (f"; {transition_note(run.init, run.best.get('val_transition'))}"
-                         if run.init.transition_mode != "none" else ""))
+                      + run.init.choices_note(cfg, run.best.get("val_transition")))
         # ---- log, then save: a kill in between only repeats this epoch's log line ----
         if acc.is_main_process:
             with safe_io.open_append(run.out / "metrics.jsonl") as f:   # never through a planted link
