@@ -261,3 +261,28 @@ def test_quality_table_reports_damage_recovered_against_ce_and_the_ceiling(tmp_p
     cells = [c.strip() for c in lines["limit"].split("|")]
     assert cells[5] == "**0.8600**" and cells[6] == "0.8100" and cells[7] == "0.9100"
     assert cells[8] == "0.50" and cells[12] == "2.00"            # (0.86-0.81)/(0.91-0.81); twice CE's wall time
+
+
+def test_oracle_review_reviews_as_many_samples_as_the_machine_changed(tmp_path):
+    """limit_oracle / ce_oracle: the same effort as the second round (relabelled + dropped), the
+    top of the same ranking, each reviewed sample set to its clean label (issue 26, item 3)."""
+    import json
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from tools.quality import oracle_review_fixes
+    run = tmp_path / "limit"
+    (run / "labels").mkdir(parents=True)
+    (run / "labels" / "summary.json").write_text("{}")
+    (run / "second_round.csv").write_text("index,given,decision,new_label\n")
+    (run / "second_round.json").write_text(json.dumps({"relabel": 2, "drop": 1, "keep": 3}))
+    # scores: samples 4, 2, 0 are the most suspicious; 4 and 0 are wrongly labelled, 2 right
+    pq.write_table(pa.table({"index": [0, 1, 2, 3, 4, 5], "label": [1, 0, 2, 3, 0, 5],
+                             "clean_label": [0, 0, 2, 3, 4, 5], "score": [0.7, 0.1, 0.8, 0.2, 0.9, 0.3],
+                             "predictor_pred": [0, 0, 2, 3, 4, 5], "classifier_pred": [0, 0, 2, 3, 4, 5]}),
+                   run / "labels" / "label_scores.parquet")
+    fixes, report = oracle_review_fixes(run)
+    assert report == {"reviewed": 3, "wrong_among_reviewed": round(2 / 3, 4), "fixed": 2}
+    assert fixes.read_text().splitlines()[1:] == ["4,0,relabel,4", "2,2,keep,", "0,1,relabel,0"]
+    assert oracle_review_fixes(run)[1] == report              # a second call reads the report back

@@ -1,7 +1,7 @@
 """The quality matrix (issue 26): dataset x noise x method cells, one resumable command.
 
     python tools/quality.py --shards mnist=shards,fmnist=/data/fmnist-shards [--datasets fmnist]
-        [--noise uniform:0.6] [--methods ce,ce_clean,limit,limit_r2,ce_r2] [--seeds 0]
+        [--noise uniform:0.6] [--methods ce,ce_clean,limit,limit_r2,ce_r2,limit_oracle,ce_oracle] [--seeds 0]
         [--runs runs/quality] [--csv results/quality.csv]
     python tools/quality.py --table            # the CSV as Markdown: CE, the clean ceiling, damage recovered
     python tools/quality.py --figure docs/quality.png
@@ -13,7 +13,11 @@ recipe do the rest), so what is measured is the default. Methods:
   ce_clean  the same on the clean labels (--noise none): the ceiling, once per dataset and n;
   limit     --method limit and nothing else;
   limit_r2, ce_r2   the machine's second round: rank_labels on the limit cell, then
-            tools/second_round.py's fixes, then LIMIT (or CE) again with --label-fixes.
+            tools/second_round.py's fixes, then LIMIT (or CE) again with --label-fixes;
+  limit_oracle, ce_oracle   what a person would get for the same effort: an oracle review
+            (tools/review_study.py) of as many samples as the machine changed (relabelled or
+            dropped), the top of the same ranking, each set to its clean label, then LIMIT (or
+            CE) again with those fixes.
 One CSV row per finished cell; cells already there are skipped, so the matrix can be stopped
 and resumed (a killed cell continues from its checkpoint)."""
 import argparse
@@ -44,7 +48,7 @@ DATASETS = {
     "clothing": (["--model", "resnet18", "--image-size", "64"], 30000, 30, ("none",)),
 }
 DIGIT_AUGMENT = ["--augment", "pad:2"]          # LIMIT's recipe on cards without a train crop
-METHODS = ("ce", "ce_clean", "limit", "limit_r2", "ce_r2")
+METHODS = ("ce", "ce_clean", "limit", "limit_r2", "ce_r2", "limit_oracle", "ce_oracle")
 
 
 def cell_name(dataset, noise, n, method, seed) -> str:
@@ -82,14 +86,28 @@ def second_round_fixes(limit_run: Path) -> tuple[Path, dict]:
     return fixes, json.loads(fixes.with_suffix(".json").read_text())
 
 
+def oracle_review_fixes(limit_run: Path) -> tuple[Path, dict]:
+    """The oracle's review of as many samples as the machine's second round changed, the most
+    suspicious first (the same ranking), as the review page's CSV; its report beside it."""
+    from tools.review.study import oracle_fixes, pick
+    from tools.review_study import ranked
+    _, machine = second_round_fixes(limit_run)
+    fixes, report = limit_run / "oracle_review.csv", limit_run / "oracle_review.json"
+    if not report.is_file():
+        rows, k = ranked(limit_run), machine["relabel"] + machine["drop"]
+        precision, fixed = oracle_fixes(rows, pick(rows, "top", k, 0), fixes)
+        safe_io.write_json(report, {"reviewed": k, "wrong_among_reviewed": round(precision, 4), "fixed": fixed})
+    return fixes, json.loads(report.read_text())
+
+
 def run_cell(dataset, noise, n, method, seed, shards, runs: Path) -> dict:
     run = runs / cell_name(dataset, noise, n, method, seed)
     fixes, fix_report = None, {}
-    if method.endswith("_r2"):
+    if method.endswith(("_r2", "_oracle")):
         limit_run = runs / cell_name(dataset, noise, n, "limit", seed)
         if not (limit_run / "final.json").is_file():
             raise SystemExit(f"quality: {method} needs the limit cell {limit_run.name} first")
-        fixes, fix_report = second_round_fixes(limit_run)
+        fixes, fix_report = (second_round_fixes if method.endswith("_r2") else oracle_review_fixes)(limit_run)
     t0 = time.time()
     if train_cli(train_args(dataset, noise, n, method, seed, shards, run, fixes) + resume_args(run)) != 0:
         raise SystemExit(f"quality: {run.name} failed")
