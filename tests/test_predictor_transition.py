@@ -75,7 +75,16 @@ def test_a_matrix_from_a_stranger_s_meta_is_checked(bad):
     assert "val_transition" in checkpoint.check_meta(meta)
 
 
-def test_the_estimate_hands_back_its_matrix_only_with_an_estimate():
+@pytest.mark.parametrize("key", ["val_acc_clean_est", "val_acc_clean_est_se"])
+def test_a_clean_estimate_from_a_stranger_s_meta_must_be_a_number(key):
+    """The switch makes best's estimate the selection score (loop.fit): a string there would
+    be compared with floats for the rest of the run."""
+    meta = {"epoch": 1, "step": 2, "config": {}, "best": {"score": 0.5, "epoch": 1, key: "0.9"}}
+    assert "best" in checkpoint.check_meta(meta)
+    assert checkpoint.check_meta({**meta, "best": {"score": 0.5, "epoch": 1, key: 0.9}}) is None
+
+
+def test_the_estimate_hands_back_the_model_s_matrix_only_from_calibrated_probabilities():
     rng = np.random.default_rng(0)
     t = uniform_t(3, 0.3).numpy().astype(np.float64)
     clean = rng.integers(0, 3, 3000)
@@ -84,7 +93,8 @@ def test_the_estimate_hands_back_its_matrix_only_with_an_estimate():
     assert calibrated["acc_clean_est"] is not None
     assert np.allclose(calibrated["transition"], t, atol=0.05)
     sharp = estimate(np.eye(3)[clean] * 0.98 + 0.01, given)           # sharper than the labels allow
-    assert sharp["acc_clean_est"] is None and sharp["transition"] is None
+    assert sharp["transition"] is None                                # nothing for the predictor to fit through
+    assert abs(sharp["acc_clean_est"] - 1.0) < 0.05                   # the accuracy (1) still counts from the labels
 
 
 def test_the_flag_needs_the_ce_phase_and_limit():

@@ -1,7 +1,6 @@
 """Issue 26's new logic: the in-run +init phase (its rule, its switch, its resume), the
 clean-accuracy estimate from noisy labels, and the machine second round's decisions."""
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -174,32 +173,73 @@ def test_a_singular_transition_gives_no_estimate():
     assert est is None and cond > 100
 
 
-def test_sharp_probabilities_get_no_estimate():
-    """One-hot probabilities against labels they mostly disagree with (LIMIT_L at MNIST p=0.8:
-    confidence 0.90, noisy accuracy 0.19): the anchors would say there is no noise."""
-    rng = np.random.default_rng(2)
-    pred = rng.integers(0, 10, 5000)
-    probs = np.eye(10)[pred] * 0.95 + 0.005
-    given = np.where(rng.random(5000) < 0.2, pred, rng.integers(0, 10, 5000))
-    assert estimate(probs, given)["acc_clean_est"] is None
+def model_outputs(rng, k: int, n: int, t: np.ndarray, confidence):
+    """A model that recognises 90% of the images (pred = clean) and guesses on the rest, with
+    given labels drawn through t. Recognised images get probabilities confidence(t[clean]) and
+    the others a flat row (P(given | x) when the class is unknown), so the model is most sure of
+    images it recognises, as a trained one is. Returns (probs, given, clean accuracy)."""
+    clean = rng.integers(0, k, n)
+    sure = rng.random(n) < 0.9
+    probs = np.where(sure[:, None], confidence(t[clean]), t.mean(0))
+    probs = probs + rng.random(probs.shape) * 1e-3           # ties broken; argmax of a flat row: a guess
+    probs /= probs.sum(1, keepdims=True)
+    return probs, noisy(clean, t, rng), float((probs.argmax(1) == clean).mean())
+
+
+def uniform_t(k: int, p: float) -> np.ndarray:
+    t = np.full((k, k), p / (k - 1))
+    np.fill_diagonal(t, 1 - p)
+    return t
 
 
 def test_estimate_from_calibrated_probabilities():
-    """Probabilities that are the noisy posterior (the anchors' rows are T's rows): the estimate
-    is within 0.02 of the clean accuracy."""
-    rng = np.random.default_rng(1)
-    k, n, p = 5, 100_000, 0.4
-    t = np.full((k, k), p / (k - 1))
-    np.fill_diagonal(t, 1 - p)
-    clean = rng.integers(0, k, n)
-    sure = rng.random(n) < 0.9                       # 90% of images are recognisable
-    believed = np.where(sure, clean, rng.integers(0, k, n))
-    probs = t[believed]                              # P(given | x) for the believed class
-    probs = probs + rng.random(probs.shape) * 1e-3   # ties broken
-    probs /= probs.sum(1, keepdims=True)
-    given = noisy(clean, t, rng)
+    """Probabilities that are the noisy posterior P(given | x): the estimate is within 0.02 of
+    the clean accuracy, and within two of its own standard errors."""
+    t = uniform_t(5, 0.4)
+    probs, given, truth = model_outputs(np.random.default_rng(1), 5, 100_000, t, lambda rows: rows)
     res = estimate(probs, given)
-    assert abs(res["acc_clean_est"] - (probs.argmax(1) == clean).mean()) < 0.02
+    assert abs(res["acc_clean_est"] - truth) < 0.02
+    assert 0 < res["acc_clean_est_se"] and abs(res["acc_clean_est"] - truth) < 2 * res["acc_clean_est_se"] + 0.005
+
+
+def test_an_over_confident_model_is_estimated_from_the_given_labels_at_its_anchors():
+    """The MNIST failure of Patrini's rule: a model trained on noisy labels is far surer at its
+    anchors than the noise allows (p = 0.9 where P(given | x) = 0.4). Reading T off its
+    probabilities finds almost no noise and returns nearly the noisy accuracy; counting the
+    given labels at the same anchors uses only the ranking and stays right."""
+    from train.clean_estimate import anchor_transition
+    t = uniform_t(10, 0.6)
+    sharpen = lambda rows: rows ** 4 / (rows ** 4).sum(1, keepdims=True)   # noqa: E731
+    probs, given, truth = model_outputs(np.random.default_rng(3), 10, 50_000, t, sharpen)
+    old, _ = clean_accuracy(probs.argmax(1), given, anchor_transition(probs))
+    assert truth - old > 0.15                                # the probabilities' T: far too low
+    res = estimate(probs, given)
+    assert abs(res["acc_clean_est"] - truth) < 0.03
+    assert res["transition"] is None                         # too sharp for the predictor's fit
+
+
+def test_the_anchors_count_the_given_labels_of_the_most_confident_samples():
+    from train.clean_estimate import MIN_ANCHORS, anchor_counts
+    n = 200
+    probs = np.full((n, 2), 0.5)
+    probs[:, 0] = np.linspace(0, 1, n)                       # the last samples are surest of class 0
+    probs[:, 1] = 1 - probs[:, 0]
+    given = np.zeros(n, np.int64)
+    given[-10:] = 1                                          # 10 of class 0's 30 anchors say 1
+    counts = anchor_counts(probs, given)
+    assert counts.tolist() == [[MIN_ANCHORS - 10, 10], [MIN_ANCHORS, 0]]
+
+
+def test_too_few_anchors_for_the_noise_give_no_estimate():
+    """80% uniform noise on 10 classes, 3,000 samples: T's diagonal 0.2 against 0.089 off it, 30
+    anchors a row; the redrawn T swing the estimate by more than MAX_SE, so none is given."""
+    from train.clean_estimate import MAX_SE
+    t = uniform_t(10, 0.8)
+    probs, given, _ = model_outputs(np.random.default_rng(4), 10, 3000, t, lambda rows: rows)
+    res = estimate(probs, given)
+    assert res["acc_clean_est"] is None and (res["acc_clean_est_se"] is None or res["acc_clean_est_se"] > MAX_SE)
+    calm = estimate(*model_outputs(np.random.default_rng(4), 10, 3000, uniform_t(10, 0.2), lambda rows: rows)[:2])
+    assert calm["acc_clean_est"] is not None and calm["acc_clean_est_se"] < 0.05
 
 
 # ---- the second round ----

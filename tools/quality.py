@@ -5,6 +5,7 @@
         [--runs runs/quality] [--csv results/quality.csv]
     python tools/quality.py --table            # the CSV as Markdown: CE, the clean ceiling, damage recovered
     python tools/quality.py --figure docs/quality.png
+    python tools/quality.py --estimates results/clean_estimate.csv   # the estimate, re-scored per run
 
 Every cell trains with the flags a user would type (train/limit.py's defaults and LIMIT's
 recipe do the rest), so what is measured is the default. Methods:
@@ -212,6 +213,69 @@ def figure(path: Path, out: Path) -> None:
     safe_io.savefig(fig, out, dpi=110)
 
 
+# ---- the clean-accuracy estimate, re-scored on every finished run ----
+ESTIMATE_COLUMNS = ["run", "dataset", "noise", "method", "seed", "test_acc", "estimate", "se", "error",
+                    "model_anchor_estimate", "model_anchor_error"]
+
+
+def val_outputs(run: Path) -> tuple[np.ndarray, np.ndarray]:
+    """(probs (N, K), given labels (N,)) of the run's best checkpoint on its validation split:
+    tools/predict.py's top-K table (K = every class) and the given labels re-drawn from the
+    run's own --noise and --noise-seed (the same function the trainer uses)."""
+    import pyarrow.parquet as pq
+    import torch
+
+    from pipeline.loader import noise_table, resolve
+    from tools.predict import cli as predict_cli
+    from tools.review.ranking import saved_config
+    cfg = saved_config(run / "config.json", False)
+    ds = resolve(cfg.data)
+    k, out = len(ds.classes), run / "val_predictions"
+    if not (out / "predictions.parquet").is_file() and predict_cli(
+            [str(run), "--data", str(ds.card_path.parent), "--split", "val", "--top-k", str(k), "--out", str(out),
+             "--workers", "1"]) != 0:
+        raise SystemExit(f"quality: predicting {run.name}'s validation split failed")
+    t = pq.read_table(out / "predictions.parquet").to_pydict()
+    n = len(t["index"])
+    probs = np.zeros((n, k))
+    for j in range(1, k + 1):
+        probs[np.arange(n), np.asarray(t[f"pred{j}"])] = np.asarray(t[f"prob{j}"])
+    clean, index = (torch.as_tensor(np.asarray(t[c], np.int64)) for c in ("clean_label", "index"))
+    given = noise_table(ds, cfg.noise, cfg.noise_pairs, cfg.noise_seed).apply(clean, index)
+    return probs, given.numpy()
+
+
+def estimates(csv_path: Path, runs: Path, out: Path) -> str:
+    """train/clean_estimate.estimate on each noisy run of the matrix at its selected epoch, beside
+    Patrini's rule on the same probabilities (T from the model's own probabilities at the
+    anchors), both against the clean test accuracy; one row per run to `out`, and the summary."""
+    from train.clean_estimate import anchor_transition, clean_accuracy, estimate
+    rows = []
+    for (ds, noise, method), seeds in sorted(read(csv_path).items()):
+        for seed, r in sorted(seeds.items()):
+            run = runs / cell_name(ds, noise, int(r["n"]), method, seed)
+            if noise == "none" or method == "ce_clean" or not (run / "final.json").is_file():
+                continue
+            probs, given = val_outputs(run)
+            est, test = estimate(probs, given), float(r["test_acc"])
+            old = clean_accuracy(probs.argmax(1), given, anchor_transition(probs))[0]
+            err = lambda v: None if v is None else round(v - test, 4)  # noqa: E731
+            rounded = lambda v: None if v is None else round(v, 4)  # noqa: E731
+            rows.append({"run": run.name, "dataset": ds, "noise": noise, "method": method, "seed": seed,
+                         "test_acc": test, "estimate": rounded(est["acc_clean_est"]), "se": est["acc_clean_est_se"],
+                         "error": err(est["acc_clean_est"]), "model_anchor_estimate": rounded(old),
+                         "model_anchor_error": err(old)})
+    safe_io.write_text(out, ",".join(ESTIMATE_COLUMNS) + "\n" + "".join(
+        ",".join("" if row[c] is None else str(row[c]) for c in ESTIMATE_COLUMNS) + "\n" for row in rows))
+    lines = []
+    for key, name in (("error", "counted anchors (the estimate)"), ("model_anchor_error", "the model's anchors")):
+        errs = [row[key] for row in rows if row[key] is not None]
+        if errs:
+            lines.append(f"{name}: {len(errs)} of {len(rows)} runs estimated, median |error| "
+                         f"{np.median(np.abs(errs)):.4f}, worst {max(errs, key=abs):+.3f}")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--shards", default="", help="dataset=FOLDER,... (each a make_shards output folder with its card)")
@@ -223,7 +287,14 @@ def main(argv=None) -> int:
     ap.add_argument("--csv", type=Path, default=Path("results/quality.csv"))
     ap.add_argument("--table", action="store_true", help="print the CSV as Markdown and exit")
     ap.add_argument("--figure", type=Path, help="draw the CSV's cells into this PNG and exit")
+    ap.add_argument("--estimates", type=Path, help="re-score the clean-accuracy estimate on every finished noisy "
+                    "run in --runs (its best checkpoint on validation), write one row per run here and exit")
     args = ap.parse_args(argv)
+    if args.estimates:
+        if not args.csv.is_file():
+            ap.error(f"no results at {args.csv}")
+        print(estimates(args.csv, args.runs, args.estimates))
+        return 0
     if args.table or args.figure:
         if not args.csv.is_file():
             ap.error(f"no results at {args.csv}")

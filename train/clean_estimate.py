@@ -8,34 +8,45 @@ image), a model's prediction and the given label are independent given the clean
     J_given[i, j] = P(pred = i, given = j) = sum_c P(pred = i, clean = c) T[c, j]
     J_given = J_clean @ T          =>        J_clean = J_given @ inv(T)
 
-and the clean accuracy is trace(J_clean). T[c, j] = P(given = j | clean = c) is estimated by
-Patrini et al.'s anchor rule from the model's own probabilities on the same split: the samples
-the model is nearly sure are of class c stand in for clean members of c, and their predicted
-distribution over the *given* labels is T's row. Patrini takes the one sample at the 97th
-percentile of p(c | x); one sample's probabilities move by several points from epoch to epoch,
-and the estimate with them (measured: 0.80 -> 0.94 -> 0.80 on consecutive CE epochs), so here
-the row is the mean over the band between the 95th and 99th percentiles. That
-needs probabilities that estimate P(given | x), which a classifier selected on noisy validation
-(not yet memorizing) gives; the row-normalized (prediction, given) counts that rank_labels
-reports cannot be used here: with the model's labels as the clean proxy the inversion returns
-an accuracy of 1 by construction.
+and the clean accuracy is trace(J_clean). T[c, j] = P(given = j | clean c) is read off anchors:
+the samples the model is most sure are of class c (by p(c | x), as many as ANCHOR_SHARE of a
+class's expected size N / K) stand in for clean members of c, and the *given labels* among them are counted for
+T's row. Only the ranking of the model's probabilities is used, not their values: the
+inversion amplifies an error in T's diagonal by 1 / (T[c, c] - T[c, j]), 3x at 60% uniform noise,
+and the probabilities of a model trained on noisy labels are over-confident exactly at its
+anchors (Patrini et al.'s rule, the mean of p(given | x) over the anchors, underestimated the
+clean accuracy by 0.06-0.10 on MNIST; RESULTS.md, "Accuracy without clean labels"). The
+counts' own sampling error is what remains: the estimate comes with a standard error from a
+parametric bootstrap of the anchor counts, and none is given above MAX_SE.
 
-Where it breaks (RESULTS.md, "Accuracy without clean labels"): instance-dependent noise (the
-independence above fails), a T that is near singular (noise at or above (K-1)/K, or two
-classes that swap most of their labels: the condition number is reported, and above
-MAX_CONDITION no estimate is given), probabilities sharper than the given labels warrant
-(MAX_CALIBRATION_GAP: no estimate) and a model whose confident samples are wrong (anchors from
-the wrong class)."""
+The *model's* probabilities at the anchors (anchor_transition) are still what
+--predictor-transition fits through (train/init_phase.py): a smooth T whose off-diagonal
+structure is not counting noise, usable only from a model calibrated against the given labels
+(MAX_CALIBRATION_GAP).
+
+Where it breaks: instance-dependent noise (the independence above fails), a T that is near
+singular (noise at or above (K-1)/K, or two classes that swap most of their labels: the
+condition number is reported, and above MAX_CONDITION no estimate is given), too few anchors
+for the noise (MAX_SE: at 80% uniform noise on 12,000 validation samples the standard error
+exceeds 1) and a model whose most confident samples are wrong (anchors from the wrong class:
+the estimate then sees model errors as label noise and overestimates)."""
 import numpy as np
 
 
 MAX_CONDITION = 100.0     # above this, inv(T) multiplies the counting noise of J beyond use
-# The anchors need probabilities of the *given* label: a model whose mean top probability
-# exceeds its accuracy against the given labels by more than this is sharper than the noise
-# allows (LIMIT_L's predictor, a model trained on fixed labels) and gets no estimate. Measured
-# on validation: CE selected early 0.365 vs 0.336, LIMIT_G 0.352 vs 0.338 (estimates within
-# 0.06 and 0.03); a second-round model 0.874 vs 0.342 and LIMIT_L at MNIST p=0.8 0.903 vs
-# 0.190 (estimates off by 0.50 and 0.78).
+# Anchors per class: this share of a class's expected size N / K, at least MIN_ANCHORS. More
+# anchors count T's rows more precisely but reach deeper into the model's errors (which look like
+# label noise); measured over 28 runs of the quality matrix (12,000 validation samples, K = 10):
+# a share of 0.05 gave a median |error| of 0.022, 0.1 0.015, 0.2 0.019, 0.5 0.032.
+ANCHOR_SHARE = 0.1
+MIN_ANCHORS = 30
+MAX_SE = 0.1              # an estimate +-0.1 or worse says nothing a user can act on
+BOOTSTRAP = 200           # draws for the standard error (seeded: the same probabilities give the same SE)
+# The rule's T (anchor_transition) needs probabilities of the *given* label: a model whose mean
+# top probability exceeds its accuracy against the given labels by more than this is sharper
+# than the noise allows (LIMIT_L's predictor, a model trained on fixed labels) and hands back no
+# matrix. Measured on validation: CE selected early 0.365 vs 0.336, LIMIT_G 0.352 vs 0.338; a
+# second-round model 0.874 vs 0.342 and LIMIT_L at MNIST p=0.8 0.903 vs 0.190.
 MAX_CALIBRATION_GAP = 0.1
 
 
@@ -46,12 +57,42 @@ def clean_accuracy(pred: np.ndarray, given: np.ndarray, transition: np.ndarray) 
     ok = (given >= 0) & (given < k) & (pred >= 0) & (pred < k)
     if not ok.any():
         return None, float("inf")
-    joint = np.bincount(pred[ok] * k + given[ok], minlength=k * k).reshape(k, k) / ok.sum()   # (K, K)
     cond = float(np.linalg.cond(transition))
     if not np.isfinite(cond) or cond > MAX_CONDITION:
         return None, cond
-    est = float(np.trace(joint @ np.linalg.inv(transition)))
+    est = float(np.trace(joint_counts(pred[ok], given[ok], k) / ok.sum() @ np.linalg.inv(transition)))
     return float(np.clip(est, 0.0, 1.0)), cond
+
+
+def joint_counts(rows: np.ndarray, cols: np.ndarray, k: int) -> np.ndarray:
+    """(K, K) counts of the pairs (rows[i], cols[i])."""
+    return np.bincount(rows * k + cols, minlength=k * k).reshape(k, k).astype(np.float64)
+
+
+def anchor_counts(probs: np.ndarray, given: np.ndarray) -> np.ndarray:
+    """(K, K): row c counts the given labels of the m samples with the highest p(c | x), m =
+    ANCHOR_SHARE of N / K (at least MIN_ANCHORS, at most N). A partition per class, not a sort
+    of the whole (N, K) array."""
+    n, k = probs.shape
+    m = min(n, max(MIN_ANCHORS, int(n / k * ANCHOR_SHARE)))
+    counts = np.zeros((k, k))
+    for c in range(k):
+        top = np.argpartition(-probs[:, c], m - 1)[:m] if m < n else np.arange(n)
+        counts[c] = np.bincount(given[top], minlength=k)
+    return counts
+
+
+def standard_error(joint: np.ndarray, counts: np.ndarray) -> float:
+    """The estimate's spread over BOOTSTRAP redraws of the anchor counts (each row multinomial
+    with its own total and frequencies); inf when a fifth of the redrawn T are near singular."""
+    rng = np.random.default_rng(0)
+    totals, freq = counts.sum(1).astype(np.int64), counts / counts.sum(1, keepdims=True)
+    draws = []
+    for _ in range(BOOTSTRAP):
+        t = np.stack([rng.multinomial(n, f) for n, f in zip(totals, freq)]) / totals[:, None]
+        if np.linalg.cond(t) <= MAX_CONDITION:
+            draws.append(np.trace(joint @ np.linalg.inv(t)))
+    return float(np.std(draws)) if len(draws) >= 0.8 * BOOTSTRAP else float("inf")
 
 
 def anchor_transition(probs: np.ndarray, low: float = 95.0, high: float = 99.0) -> np.ndarray:
@@ -69,17 +110,30 @@ def anchor_transition(probs: np.ndarray, low: float = 95.0, high: float = 99.0) 
 
 
 def estimate(probs: np.ndarray, given: np.ndarray) -> dict:
-    """The estimate from a split's softmax outputs (N, K) and given labels (N,), with the anchor
-    T it used (None with the estimate: probabilities not calibrated against the given labels,
-    MAX_CALIBRATION_GAP, or T too near singular, MAX_CONDITION)."""
+    """The estimate from a split's softmax outputs (N, K) and given labels (N,): the clean
+    accuracy through the counted T (None when T is near singular, MAX_CONDITION, or the
+    standard error exceeds MAX_SE), its standard error, T's condition number, and the model's
+    anchor T for --predictor-transition (None unless the probabilities are calibrated against
+    the given labels, MAX_CALIBRATION_GAP, and that T is invertible)."""
     given = np.asarray(given, np.int64)
-    gap = float(probs.max(1).mean() - (probs.argmax(1) == given).mean())
-    if gap > MAX_CALIBRATION_GAP:
-        return {"acc_clean_est": None, "transition_condition": None, "transition": None}
-    transition = anchor_transition(probs)
-    acc, cond = clean_accuracy(probs.argmax(1), given, transition)
-    return {"acc_clean_est": acc, "transition_condition": round(cond, 2) if np.isfinite(cond) else None,
-            "transition": transition if acc is not None else None}
+    k = probs.shape[1]
+    ok = (given >= 0) & (given < k)
+    probs, given = probs[ok], given[ok]
+    none = {"acc_clean_est": None, "acc_clean_est_se": None, "transition_condition": None, "transition": None}
+    if not len(given):
+        return none
+    counts = anchor_counts(probs, given)
+    pred = probs.argmax(1)
+    acc, cond = clean_accuracy(pred, given, counts / counts.sum(1, keepdims=True))
+    se = standard_error(joint_counts(pred, given, k) / len(given), counts) if acc is not None else None
+    if se is not None and not se <= MAX_SE:
+        acc = None
+    gap = float(probs.max(1).mean() - (pred == given).mean())
+    model_t = anchor_transition(probs) if gap <= MAX_CALIBRATION_GAP else None
+    if model_t is not None and not np.linalg.cond(model_t) <= MAX_CONDITION:
+        model_t = None
+    return {"acc_clean_est": acc, "acc_clean_est_se": round(se, 4) if se is not None and np.isfinite(se) else None,
+            "transition_condition": round(cond, 2) if np.isfinite(cond) else None, "transition": model_t}
 
 
 def transition_problem(t) -> str | None:

@@ -120,8 +120,9 @@ def train(res: Resolved, acc, out: Path) -> int:
             final["label_fixes_applied"] = fixes_record(fixes)
         runfolder.write_atomic(out / "final.json", json.dumps(final, indent=1) + "\n")
         write_curves(out)                     # curves.png + summary.csv from metrics.jsonl
+        se = final.get("best_val_acc_clean_est_se")
         acc.print(f"done: best val {final['best_val_acc']} at epoch {final['best_epoch']} (clean accuracy estimated "
-                  f"from it: {final['best_val_acc_clean_est']}), "
+                  f"from it: {final['best_val_acc_clean_est']}{f' +- {se}' if se is not None else ''}), "
                   f"test {final['test_acc']}, last test {final['test_acc_last']}")
     acc.end_training()
     return 0

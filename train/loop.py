@@ -210,7 +210,9 @@ def evaluate(run: Run, split: str, epoch: int = 0) -> dict:
         est = clean_estimate.estimate(probs_all, given_all)
         if (fixed := fixed_transition(run, epoch)) is not None:    # the T the predictor fits through
             est["acc_clean_est"] = clean_estimate.clean_accuracy(probs_all.argmax(1), given_all, np.asarray(fixed))[0]
-        row.update({"val_acc_clean_est": est["acc_clean_est"], "val_transition_condition": est["transition_condition"]})
+            est["acc_clean_est_se"] = None                          # a fixed T: no counts to redraw
+        row.update({"val_acc_clean_est": est["acc_clean_est"], "val_acc_clean_est_se": est["acc_clean_est_se"],
+                    "val_transition_condition": est["transition_condition"]})
         if run.init and run.init.wants_transition(epoch) and est["transition"] is not None:
             row["val_transition"] = np.round(est["transition"], 6).tolist()
     return row
@@ -246,7 +248,8 @@ def fit(run: Run, start_epoch: int = 0, resume: dict | None = None) -> dict:
         improved = score > run.best["score"]
         if improved:
             run.best = {"score": score, "val_acc": row.get("val_acc"), "epoch": epoch, "test_acc": row.get("test_acc"),
-                        "val_acc_clean_est": row.get("val_acc_clean_est")}
+                        "val_acc_clean_est": row.get("val_acc_clean_est"),
+                        "val_acc_clean_est_se": row.get("val_acc_clean_est_se")}
             if transition is not None:                    # only while the switch may still need it
                 run.best["val_transition"] = transition
         if run.init and run.init.decide(epoch, run.best.get("epoch"), run.best.get("val_acc"),
@@ -274,6 +277,7 @@ def fit(run: Run, start_epoch: int = 0, resume: dict | None = None) -> dict:
             break
     return {"best_val_acc": run.best.get("val_acc"), "best_epoch": run.best.get("epoch"),
             "best_val_acc_clean_est": run.best.get("val_acc_clean_est"),
+            "best_val_acc_clean_est_se": run.best.get("val_acc_clean_est_se"),
             "predictor_loss_chosen": run.init.loss if run.init else None,
             "beta_after_init": run.init.beta(cfg) if run.init and run.init.loss else None,
             "predictor_transition_used": run.init.transition is not None if run.init else None,
@@ -328,6 +332,7 @@ def write_skips(run: Run, epoch: int) -> None:
 
 def _line(row: dict) -> str:
     f = lambda k: f"{row[k]:.4f}" if row.get(k) is not None else "-"  # noqa: E731
+    se = f" +-{row['val_acc_clean_est_se']:.3f}" if row.get("val_acc_clean_est_se") is not None else ""
     return (f"epoch {row['epoch']}: loss {f('train_loss')} train_acc {f('train_acc')} "
-            f"flipped {f('train_acc_flipped')} val {f('val_acc')} (clean est {f('val_acc_clean_est')}) test {f('test_acc')} "
+            f"flipped {f('train_acc_flipped')} val {f('val_acc')} (clean est {f('val_acc_clean_est')}{se}) test {f('test_acc')} "
             f"{row['images_per_s']:.0f} img/s wait {row['data_wait_frac']:.2f}")
