@@ -41,7 +41,7 @@ MAX_CONDITION = 100.0     # above this, inv(T) multiplies the counting noise of 
 ANCHOR_SHARE = 0.1
 MIN_ANCHORS = 30
 MAX_SE = 0.1              # an estimate +-0.1 or worse says nothing a user can act on
-BOOTSTRAP = 200           # draws for the standard error (seeded: the same probabilities give the same SE)
+BOOTSTRAP = 200           # draws for the standard error (seeded: the same outputs give the same SE)
 # The rule's T (anchor_transition) needs probabilities of the *given* label: a model whose mean
 # top probability exceeds its accuracy against the given labels by more than this is sharper
 # than the noise allows (LIMIT_L's predictor, a model trained on fixed labels) and hands back no
@@ -83,16 +83,19 @@ def anchor_counts(probs: np.ndarray, given: np.ndarray) -> np.ndarray:
 
 
 def standard_error(joint: np.ndarray, counts: np.ndarray) -> float:
-    """The estimate's spread over BOOTSTRAP redraws of the anchor counts (each row multinomial
-    with its own total and frequencies); inf when a fifth of the redrawn T are near singular."""
-    rng = np.random.default_rng(0)
-    totals, freq = counts.sum(1).astype(np.int64), counts / counts.sum(1, keepdims=True)
-    draws = []
-    for _ in range(BOOTSTRAP):
-        t = np.stack([rng.multinomial(n, f) for n, f in zip(totals, freq)]) / totals[:, None]
-        if np.linalg.cond(t) <= MAX_CONDITION:
-            draws.append(np.trace(joint @ np.linalg.inv(t)))
-    return float(np.std(draws)) if len(draws) >= 0.8 * BOOTSTRAP else float("inf")
+    """The estimate's spread over redraws of the anchor counts (each row multinomial with its
+    own total and frequencies), drawn and inverted as one batch. A redrawn T near singular
+    swings its estimate far, and so the spread: no separate condition check is needed; an
+    exactly singular one gives inf. BOOTSTRAP draws, fewer for large K so that the batch of
+    K x K matrices stays under ~160 MB (20 at K = 1,000)."""
+    k = len(counts)
+    draws = int(min(BOOTSTRAP, max(20, 2e7 // k ** 2)))
+    totals = counts.sum(1).astype(np.int64)
+    t = np.random.default_rng(0).multinomial(totals, counts / totals[:, None], size=(draws, k)) / totals[:, None]
+    try:
+        return float(np.std(np.einsum("ij,bji->b", joint, np.linalg.inv(t))))
+    except np.linalg.LinAlgError:
+        return float("inf")
 
 
 def anchor_transition(probs: np.ndarray, low: float = 95.0, high: float = 99.0) -> np.ndarray:

@@ -332,7 +332,8 @@ def write_skips(run: Run, epoch: int) -> None:
 
 def _line(row: dict) -> str:
     f = lambda k: f"{row[k]:.4f}" if row.get(k) is not None else "-"  # noqa: E731
-    se = f" +-{row['val_acc_clean_est_se']:.3f}" if row.get("val_acc_clean_est_se") is not None else ""
+    se = (f" +-{row['val_acc_clean_est_se']:.3f}"
+          if row.get("val_acc_clean_est") is not None and row.get("val_acc_clean_est_se") is not None else "")
     return (f"epoch {row['epoch']}: loss {f('train_loss')} train_acc {f('train_acc')} "
             f"flipped {f('train_acc_flipped')} val {f('val_acc')} (clean est {f('val_acc_clean_est')}{se}) test {f('test_acc')} "
             f"{row['images_per_s']:.0f} img/s wait {row['data_wait_frac']:.2f}")
