@@ -248,7 +248,9 @@ def val_outputs(run: Path) -> tuple[np.ndarray, np.ndarray]:
 def estimates(csv_path: Path, runs: Path, out: Path) -> str:
     """train/clean_estimate.estimate on each noisy run of the matrix at its selected epoch, beside
     Patrini's rule on the same probabilities (T from the model's own probabilities at the
-    anchors), both against the clean test accuracy; one row per run to `out`, and the summary."""
+    anchors), both against the clean test accuracy; one row per run to `out`, and the summary.
+    The matrix's own val_acc_clean_est column is rewritten with the re-scored estimate, so its
+    table shows the estimator of today (each run's final.json keeps what it printed)."""
     from train.clean_estimate import anchor_transition, clean_accuracy, estimate
     rows = []
     for (ds, noise, method), seeds in sorted(read(csv_path).items()):
@@ -267,6 +269,15 @@ def estimates(csv_path: Path, runs: Path, out: Path) -> str:
                          "model_anchor_error": err(old)})
     safe_io.write_text(out, ",".join(ESTIMATE_COLUMNS) + "\n" + "".join(
         ",".join("" if row[c] is None else str(row[c]) for c in ESTIMATE_COLUMNS) + "\n" for row in rows))
+    rescored = {(r["dataset"], r["noise"], r["method"], int(r["seed"])): r["estimate"] for r in rows}
+    with open(csv_path) as f:
+        matrix = list(csv.DictReader(f))
+    for r in matrix:
+        key = (r["dataset"], r["noise"], r["method"], int(r["seed"]))
+        if key in rescored:
+            r["val_acc_clean_est"] = "" if rescored[key] is None else rescored[key]
+    safe_io.write_text(csv_path, ",".join(COLUMNS) + "\n" + "".join(
+        ",".join(str(r.get(c, "")) for c in COLUMNS) + "\n" for r in matrix))
     lines = []
     for key, name in (("error", "counted anchors (the estimate)"), ("model_anchor_error", "the model's anchors")):
         errs = [row[key] for row in rows if row[key] is not None]
