@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline import safe_io
-from pipeline.csv_cells import append_row
+from pipeline.csv_cells import append_row, restore, write_csv
 from train.limit import cli as train_cli
 from train.runfolder import resume_args
 
@@ -251,40 +251,36 @@ def estimates(csv_path: Path, runs: Path, out: Path) -> str:
     anchors), both against the clean test accuracy; one row per run to `out`, and the summary.
     The matrix's own val_acc_clean_est column is rewritten with the re-scored estimate, so its
     table shows the estimator of today (each run's final.json keeps what it printed)."""
-    from train.clean_estimate import anchor_transition, clean_accuracy, estimate
-    rows = []
-    for (ds, noise, method), seeds in sorted(read(csv_path).items()):
-        for seed, r in sorted(seeds.items()):
-            run = runs / cell_name(ds, noise, int(r["n"]), method, seed)
-            if noise == "none" or method == "ce_clean" or not (run / "final.json").is_file():
-                continue
-            probs, given = val_outputs(run)
-            est, test = estimate(probs, given), float(r["test_acc"])
-            old = clean_accuracy(probs.argmax(1), given, anchor_transition(probs))[0]
-            err = lambda v: None if v is None else round(v - test, 4)  # noqa: E731
-            rounded = lambda v: None if v is None else round(v, 4)  # noqa: E731
-            rows.append({"run": run.name, "dataset": ds, "noise": noise, "method": method, "seed": seed,
-                         "test_acc": test, "estimate": rounded(est["acc_clean_est"]), "se": est["acc_clean_est_se"],
-                         "error": err(est["acc_clean_est"]), "model_anchor_estimate": rounded(old),
-                         "model_anchor_error": err(old)})
-    safe_io.write_text(out, ",".join(ESTIMATE_COLUMNS) + "\n" + "".join(
-        ",".join("" if row[c] is None else str(row[c]) for c in ESTIMATE_COLUMNS) + "\n" for row in rows))
-    rescored = {(r["dataset"], r["noise"], r["method"], int(r["seed"])): r["estimate"] for r in rows}
+    rows = [rescore(run, ds, noise, method, seed, float(r["test_acc"]))
+            for (ds, noise, method), seeds in sorted(read(csv_path).items()) for seed, r in sorted(seeds.items())
+            if noise != "none" and method != "ce_clean"
+            and ((run := runs / cell_name(ds, noise, int(r["n"]), method, seed)) / "final.json").is_file()]
+    write_csv(out, ESTIMATE_COLUMNS, rows)
+    new = {(r["dataset"], r["noise"], r["method"], r["seed"]): r["estimate"] for r in rows}
     with open(csv_path) as f:
-        matrix = list(csv.DictReader(f))
+        matrix = [{k: restore(v) for k, v in r.items()} for r in csv.DictReader(f)]
     for r in matrix:
-        key = (r["dataset"], r["noise"], r["method"], int(r["seed"]))
-        if key in rescored:
-            r["val_acc_clean_est"] = "" if rescored[key] is None else rescored[key]
-    safe_io.write_text(csv_path, ",".join(COLUMNS) + "\n" + "".join(
-        ",".join(str(r.get(c, "")) for c in COLUMNS) + "\n" for r in matrix))
-    lines = []
-    for key, name in (("error", "counted anchors (the estimate)"), ("model_anchor_error", "the model's anchors")):
-        errs = [row[key] for row in rows if row[key] is not None]
-        if errs:
-            lines.append(f"{name}: {len(errs)} of {len(rows)} runs estimated, median |error| "
-                         f"{np.median(np.abs(errs)):.4f}, worst {max(errs, key=abs):+.3f}")
-    return "\n".join(lines)
+        if (key := (r["dataset"], r["noise"], r["method"], int(r["seed"]))) in new:
+            r["val_acc_clean_est"] = new[key]
+    write_csv(csv_path, COLUMNS, matrix)
+    return "\n".join(f"{name}: {len(errs)} of {len(rows)} runs estimated, median |error| "
+                     f"{np.median(np.abs(errs)):.4f}, worst {max(errs, key=abs):+.3f}"
+                     for key, name in (("error", "counted anchors (the estimate)"),
+                                       ("model_anchor_error", "the model's anchors"))
+                     if (errs := [row[key] for row in rows if row[key] is not None]))
+
+
+def rescore(run: Path, ds: str, noise: str, method: str, seed: int, test: float) -> dict:
+    """One row of the estimates file: both rules on the run's validation outputs."""
+    from train.clean_estimate import anchor_transition, clean_accuracy, estimate
+    probs, given = val_outputs(run)
+    est = estimate(probs, given)
+    old = clean_accuracy(probs.argmax(1), given, anchor_transition(probs))[0]
+    rounded = lambda v: None if v is None else round(v, 4)  # noqa: E731
+    return {"run": run.name, "dataset": ds, "noise": noise, "method": method, "seed": seed, "test_acc": test,
+            "estimate": rounded(est["acc_clean_est"]), "se": est["acc_clean_est_se"],
+            "error": None if est["acc_clean_est"] is None else rounded(est["acc_clean_est"] - test),
+            "model_anchor_estimate": rounded(old), "model_anchor_error": None if old is None else rounded(old - test)}
 
 
 def main(argv=None) -> int:
