@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from pipeline.noise import parse_noise, transition_matrix
 from tests.shardkit import make_digit_shards
 from train import config
 from train.clean_estimate import clean_accuracy, estimate
@@ -187,9 +188,7 @@ def model_outputs(rng, k: int, n: int, t: np.ndarray, confidence):
 
 
 def uniform_t(k: int, p: float) -> np.ndarray:
-    t = np.full((k, k), p / (k - 1))
-    np.fill_diagonal(t, 1 - p)
-    return t
+    return transition_matrix(parse_noise(f"uniform:{p}"), [str(c) for c in range(k)])
 
 
 def test_estimate_from_calibrated_probabilities():

@@ -221,11 +221,11 @@ ESTIMATE_COLUMNS = ["run", "dataset", "noise", "method", "seed", "test_acc", "es
 def val_outputs(run: Path) -> tuple[np.ndarray, np.ndarray]:
     """(probs (N, K), given labels (N,)) of the run's best checkpoint on its validation split:
     tools/predict.py's top-K table (K = every class) and the given labels re-drawn from the
-    run's own --noise and --noise-seed (the same function the trainer uses)."""
+    run's own --noise and --noise-seed (pipeline.loader.given_labels, the trainer's)."""
     import pyarrow.parquet as pq
     import torch
 
-    from pipeline.loader import noise_table, resolve
+    from pipeline.loader import given_labels, resolve
     from tools.predict import cli as predict_cli
     from tools.review.ranking import saved_config
     cfg = saved_config(run / "config.json", False)
@@ -241,8 +241,8 @@ def val_outputs(run: Path) -> tuple[np.ndarray, np.ndarray]:
     for j in range(1, k + 1):
         probs[np.arange(n), np.asarray(t[f"pred{j}"])] = np.asarray(t[f"prob{j}"])
     clean, index = (torch.as_tensor(np.asarray(t[c], np.int64)) for c in ("clean_label", "index"))
-    given = noise_table(ds, cfg.noise, cfg.noise_pairs, cfg.noise_seed).apply(clean, index)
-    return probs, given.numpy()
+    noise, _ = given_labels(ds, cfg.noise, cfg.noise_pairs, cfg.noise_seed)   # validation takes no fixes
+    return probs, noise.apply(clean, index).numpy()
 
 
 def estimates(csv_path: Path, runs: Path, out: Path) -> str:

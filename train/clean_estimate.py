@@ -57,11 +57,16 @@ def clean_accuracy(pred: np.ndarray, given: np.ndarray, transition: np.ndarray) 
     ok = (given >= 0) & (given < k) & (pred >= 0) & (pred < k)
     if not ok.any():
         return None, float("inf")
+    return through(joint_counts(pred[ok], given[ok], k) / ok.sum(), transition)
+
+
+def through(joint: np.ndarray, transition: np.ndarray) -> tuple[float | None, float]:
+    """trace(joint @ inv(T)) clipped to [0, 1], or None when T is near singular; and T's
+    condition number."""
     cond = float(np.linalg.cond(transition))
     if not np.isfinite(cond) or cond > MAX_CONDITION:
         return None, cond
-    est = float(np.trace(joint_counts(pred[ok], given[ok], k) / ok.sum() @ np.linalg.inv(transition)))
-    return float(np.clip(est, 0.0, 1.0)), cond
+    return float(np.clip(np.trace(joint @ np.linalg.inv(transition)), 0.0, 1.0)), cond
 
 
 def joint_counts(rows: np.ndarray, cols: np.ndarray, k: int) -> np.ndarray:
@@ -127,8 +132,9 @@ def estimate(probs: np.ndarray, given: np.ndarray) -> dict:
         return none
     counts = anchor_counts(probs, given)
     pred = probs.argmax(1)
-    acc, cond = clean_accuracy(pred, given, counts / counts.sum(1, keepdims=True))
-    se = standard_error(joint_counts(pred, given, k) / len(given), counts) if acc is not None else None
+    joint = joint_counts(pred, given, k) / len(given)
+    acc, cond = through(joint, counts / counts.sum(1, keepdims=True))
+    se = standard_error(joint, counts) if acc is not None else None
     if se is not None and not se <= MAX_SE:
         acc = None
     gap = float(probs.max(1).mean() - (pred == given).mean())

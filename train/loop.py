@@ -207,10 +207,13 @@ def evaluate(run: Run, split: str, epoch: int = 0) -> dict:
     if probs:
         parts = gather_object([(torch.cat(probs).numpy(), torch.cat(given).numpy())])   # every rank's share
         probs_all, given_all = np.concatenate([p for p, _ in parts]), np.concatenate([g for _, g in parts])
-        est = clean_estimate.estimate(probs_all, given_all)
-        if (fixed := fixed_transition(run, epoch)) is not None:    # the T the predictor fits through
-            est["acc_clean_est"] = clean_estimate.clean_accuracy(probs_all.argmax(1), given_all, np.asarray(fixed))[0]
-            est["acc_clean_est_se"] = None                          # a fixed T: no counts to redraw
+        if (fixed := fixed_transition(run, epoch)) is None:
+            est = clean_estimate.estimate(probs_all, given_all)
+        else:                                   # through the T the predictor fits: nothing to count or redraw
+            acc_est, cond = clean_estimate.clean_accuracy(probs_all.argmax(1), given_all, np.asarray(fixed))
+            est = {"acc_clean_est": acc_est, "acc_clean_est_se": None,
+                   "transition_condition": round(cond, 2) if np.isfinite(cond) else None,
+                   "transition": None}
         row.update({"val_acc_clean_est": est["acc_clean_est"], "val_acc_clean_est_se": est["acc_clean_est_se"],
                     "val_transition_condition": est["transition_condition"]})
         if run.init and run.init.wants_transition(epoch) and est["transition"] is not None:
