@@ -35,6 +35,22 @@ def filesystem(url: str):
                         "pip install -e '.[s3]'") from None
 
 
+def storage_errors() -> tuple:
+    """The storage libraries' failures that are not OSError, for the commands' one-line error:
+    s3fs passes on unchanged any error without an HTTP response (botocore's
+    EndpointConnectionError for an unreachable endpoint, NoCredentialsError), and gcsfs raises
+    aiohttp's and google-auth's own. Imported only when an error is being handled, so a run
+    without object storage never loads them."""
+    found = []
+    for module, name in (("botocore.exceptions", "BotoCoreError"), ("aiohttp", "ClientError"),
+                         ("google.auth.exceptions", "GoogleAuthError")):
+        try:
+            found.append(getattr(__import__(module, fromlist=[name]), name))
+        except (ImportError, AttributeError):
+            pass
+    return tuple(found)
+
+
 def join(url: str, name: str) -> str:
     """`s3://b/p` or `s3://b/p/` + `x.tar` -> `s3://b/p/x.tar`."""
     return url.rstrip("/") + "/" + name

@@ -37,6 +37,7 @@ import pyarrow  # noqa: E402,F401  (loaded here, after the allocator choice abov
 from pipeline.convert.columns import fix_mmap_threshold  # noqa: E402
 from pipeline.convert.run import FORMATS, convert  # noqa: E402
 from pipeline.convert.sources import RECIPES  # noqa: E402
+from pipeline import remote  # noqa: E402
 from pipeline.remote import is_object_url  # noqa: E402
 from pipeline.shards import DataError  # noqa: E402
 
@@ -98,7 +99,7 @@ def main(argv=None) -> int:
     fix_mmap_threshold()
     try:
         card, stale = convert(args)
-    except (DataError, OSError) as e:
+    except (DataError, OSError, *remote.storage_errors()) as e:
         print(f"make_shards: error: {e}", file=sys.stderr)
         return 2
     if card is None:

@@ -17,6 +17,7 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from models.backbones import ModelError  # noqa: E402
+from pipeline import remote  # noqa: E402
 from pipeline.shards import DataError, TRUST_FLAG  # noqa: E402
 from tools.review.ranking import load_run  # noqa: E402
 from train import checkpoint, config  # noqa: E402
@@ -74,7 +75,7 @@ def main(argv=None) -> int:
 def cli(argv=None) -> int:
     try:
         return main(argv)
-    except USER_ERRORS as e:
+    except (*USER_ERRORS, *remote.storage_errors()) as e:
         print(f"predict: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -19,7 +19,7 @@ import sys
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from models.backbones import ModelError  # noqa: E402
-from pipeline import safe_io  # noqa: E402
+from pipeline import remote, safe_io  # noqa: E402
 from pipeline.shards import DataError, Part, TRUST_FLAG  # noqa: E402
 from tools.review import exports  # noqa: E402
 from tools.review.ranking import build_loader, gather, load_model, load_run, report, score_split, scoring  # noqa: E402
@@ -83,7 +83,7 @@ def main(argv=None) -> int:
 def cli(argv=None) -> int:
     try:
         return main(argv)
-    except USER_ERRORS as e:
+    except (*USER_ERRORS, *remote.storage_errors()) as e:
         print(f"rank_labels: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -24,7 +24,7 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from pipeline import bucket_cards, safe_io, shards  # noqa: E402
+from pipeline import bucket_cards, remote, safe_io, shards  # noqa: E402
 from pipeline.shards import DataError, TRUST_FLAG  # noqa: E402
 from tools.review.label_studio import write_label_studio  # noqa: E402
 from tools.review.noise_matrix import noise_report  # noqa: E402
@@ -85,7 +85,7 @@ def main(argv=None) -> int:
 def cli(argv=None) -> int:
     try:
         return main(argv)
-    except (DataError, config.ConfigError) as e:
+    except (DataError, config.ConfigError, *remote.storage_errors()) as e:
         print(f"review_labels: error: {e}", file=sys.stderr)
         return 2
 

@@ -19,7 +19,7 @@ from accelerate import Accelerator  # noqa: E402
 
 from models.backbones import ModelError  # noqa: E402
 from models.ema import Ema  # noqa: E402
-from pipeline import loader as data, safe_io  # noqa: E402
+from pipeline import loader as data, remote, safe_io  # noqa: E402
 from pipeline.shards import DataError, Part, absolute_specs  # noqa: E402
 from train import checkpoint, config, init_phase, runfolder, setup  # noqa: E402
 from train.loop import Diverged, Run, fit, stop_on_interrupt  # noqa: E402
@@ -170,7 +170,7 @@ def resume_state(cfg, out: Path, acc, model, optimizer, ema) -> dict:
 def cli(argv=None) -> int:
     try:
         return main(argv)
-    except USER_ERRORS as e:
+    except (*USER_ERRORS, *remote.storage_errors()) as e:
         print(f"limit: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
