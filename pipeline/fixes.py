@@ -240,7 +240,7 @@ def _read_table(text: str, ctx: _Context) -> None:
             get = lambda name: restore(row[cols[name]]) if name in cols else None  # noqa: E731
             index = _sample(ctx, where, get("index"), get("key"))
             _decide(ctx, where, index, *_action(ctx, where, get("decision"), get("label")))
-    except csv.Error as e:
+    except csv.Error:
         ctx.fail(f"row {reader.line_num}", "is not valid CSV")
 
 

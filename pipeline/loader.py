@@ -6,10 +6,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.compute  # noqa: F401  (pa.compute)
 import pyarrow.parquet as pq
-
 
 from pipeline import backends, shards
 from pipeline.augment import AugSpec, card_spec_problem, spec_from_card  # noqa: F401  (re-exported for callers)

@@ -89,7 +89,6 @@ def test_estimate_finds_uniform_noise():
 
 
 def test_estimate_finds_flipped_pairs():
-    classes = [str(i) for i in range(10)]
     pairs = {2: 7, 3: 8, 5: 6, 7: 1}
     t = np.eye(10)
     for s, d in pairs.items():

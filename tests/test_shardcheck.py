@@ -1,7 +1,6 @@
 """The reference the shard tests check the writer's DALI index against is independent of the
 writer: DALI's own wds2idx, or GNU tar's listing; both agree where both exist."""
 import builtins
-from pathlib import Path
 
 from tests import shardcheck
 from tests.shardkit import make_digit_shards

@@ -38,7 +38,7 @@ def idx_dims(data: bytes, where) -> tuple[int, ...]:
     return dims
 
 
-def read_idx(path) -> "numpy.ndarray":
+def read_idx(path):
     """Read an idx file, gzipped or raw, into a uint8 array of its header's shape."""
     import numpy as np  # lazily: fetching alone should run on a bare interpreter
     data = unpacked(Path(path).read_bytes(), path)
