@@ -100,6 +100,30 @@ def test_label_scores_of_the_wrong_types_are_one_line(shards, tmp_path, capsys):
     assert "'label'" in one_line(capsys)
 
 
+@pytest.mark.parametrize("column, value, says", [
+    ("label", None, "empty values"), ("index", None, "empty values"), ("rank", None, "empty values"),
+    ("clean_label", None, "empty values"), ("score", None, "empty values"), ("key", None, "empty values"),
+    ("score", float("nan"), "NaN"), ("score", float("inf"), "NaN or infinity"),
+])
+@pytest.mark.parametrize("command", ["review_labels", "second_round"])
+def test_label_scores_with_holes_are_one_line(shards, tmp_path, capsys, column, value, says, command):
+    """An empty cell or a NaN score in a received label_scores.parquet: the numeric columns
+    became numpy arrays through a zero-copy read that raised ArrowInvalid (a traceback)."""
+    from tools import second_round
+
+    def hole(t):
+        i = t.schema.get_field_index(column)
+        v = t.column(column).to_pylist()
+        v[1] = value
+        return t.set_column(i, column, pa.array(v, t.schema.field(i).type))
+    labels = labels_copy(shards, tmp_path, hole)
+    rc = (review(shards, labels, tmp_path / "page") if command == "review_labels"
+          else second_round.cli([str(labels), "--out", str(tmp_path / "fixes.csv")]))
+    assert rc == 2
+    line = one_line(capsys)
+    assert says in line and (f"'{column}'" in line)
+
+
 @pytest.mark.parametrize("flags", [["--top", "-5"], ["--batch-size", "-1"]])
 def test_rank_labels_refuses_negative_sizes(tmp_path, capsys, flags):
     with pytest.raises(SystemExit) as e:

@@ -64,12 +64,16 @@ def read_scores(labels: Path) -> tuple[dict, dict]:
     for c, kind in COLUMN_KIND.items():
         if not kind(table.schema.field(c).type):
             raise DataError(f"{path}: column {c!r} has the wrong type ({table.schema.field(c).type})")
+        if c != "predictor_pred" and table.column(c).null_count:      # a CE run's predictor_pred is null
+            raise DataError(f"{path}: column {c!r} has {table.column(c).null_count} empty values")
     summary = check_summary(summary, labels / "summary.json")
     # key and shard stay Arrow arrays (no Python string per scored row: only the top K are
     # taken out); the numeric columns become numpy, a CE run's null predictor_pred -1
     cols = {c: table.column(c).combine_chunks() for c in SCORE_COLUMNS}
     cols = {c: (v if c in ("key", "shard") else v.fill_null(-1).to_numpy() if c == "predictor_pred"
                 else v.to_numpy()) for c, v in cols.items()}
+    if not np.isfinite(cols["score"]).all():               # NaN would sort anywhere and pass no threshold
+        raise DataError(f"{path}: column 'score' holds NaN or infinity")
     return cols, summary
 
 
