@@ -6,12 +6,12 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
 
 from pipeline import backends, shards
 from pipeline.augment import AugSpec, card_spec_problem, spec_from_card  # noqa: F401  (re-exported for callers)
 from pipeline.batch import Batch
 from pipeline.cpu import ReadSpec
+from pipeline.manifest import read as read_manifest
 from pipeline.noise import FixedLabels, NoiseTable, parse_noise, transition_matrix
 from pipeline.selection import Balanced, Selection, Subset, TrainRows
 from pipeline.shards import DataError, Part
@@ -79,7 +79,7 @@ def selection(ds: Dataset, n: int = 0, balance: int = 0, seed: int = 0, noise=No
     `balance` a epoch from the given labels (`noise`: the run's, fixes included)."""
     if not (n or balance or drop):
         return Selection()
-    rows = TrainRows.read(ds.card_path.with_suffix(".parquet"))
+    rows = TrainRows.read(ds.card_path.with_suffix(".parquet"), ds.card["num_indices"], len(ds.classes))
     total = ds.card["num_indices"]
     mask = Subset(rows, total, n, seed).mask(0) if n else None
     if drop:
@@ -119,13 +119,13 @@ def given_labels(ds: Dataset, noise: str, pairs: str, seed: int, fixes_file: str
 
 def manifest_keys(ds: Dataset) -> dict[str, int]:
     """key -> index over the manifest (one Python string a sample: ~100 MB at 10^6, read once)."""
-    t = pq.read_table(ds.card_path.with_suffix(".parquet"), columns=["key", "index"])
+    t = read_manifest(ds.card_path.with_suffix(".parquet"), ["key", "index"], ds.card["num_indices"])
     return dict(zip(t.column("key").to_pylist(), t.column("index").to_pylist()))
 
 
 def train_indices(ds: Dataset) -> set[int]:
     """The indices of the manifest's train rows."""
-    t = pq.read_table(ds.card_path.with_suffix(".parquet"), columns=["split", "index"])
+    t = read_manifest(ds.card_path.with_suffix(".parquet"), ["split", "index"], ds.card["num_indices"])
     return {i for s, i in zip(t.column("split").to_pylist(), t.column("index").to_pylist()) if s == "train"}
 
 

@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute  # noqa: F401  (pa.compute)
-import pyarrow.parquet as pq
 import torch
 
+from pipeline.manifest import read as read_manifest
 from pipeline.shards import DataError
 
 # Below this fraction of a split, a reader is given the keys it needs and seeks past the rest
@@ -30,8 +30,8 @@ class TrainRows:
     keys: pa.Array              # (n,) sample keys, kept in Arrow: Python strings only for chosen rows
 
     @classmethod
-    def read(cls, manifest: Path) -> "TrainRows":
-        t = pq.read_table(manifest, columns=["split", "shard", "index", "label", "key"])
+    def read(cls, manifest: Path, num_indices: int, n_classes: int) -> "TrainRows":
+        t = read_manifest(manifest, ["split", "shard", "index", "label", "key"], num_indices, n_classes)
         t = t.filter(pa.compute.equal(t["split"], "train"))
         shard = t.column("shard").combine_chunks().dictionary_encode()
         return cls(t.column("index").to_numpy().astype(np.int64), shard.indices.to_numpy().astype(np.int32),

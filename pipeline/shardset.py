@@ -157,7 +157,7 @@ def card_problem(card) -> str | None:
         if not (isinstance(shards, list) and ok_int(sp.get("count"))
                 and all(isinstance(x, dict) and isinstance(x.get("file"), str) and ok_int(x.get("count")) for x in shards)):
             return f"splits.{name} must hold 'count' and 'shards' [{{\"file\": NAME, \"count\": N}}, ...]"
-    if "num_indices" in card and not ok_int(card["num_indices"]):
+    if not ok_int(card.get("num_indices")):          # noise, subsets and fixes are indexed by it
         return "'num_indices' must be a non-negative integer"
     return None
 

@@ -110,7 +110,7 @@ def export(s, sink: ProbSink, ds, out: Path, cleanlab: bool, fiftyone: int) -> d
     if fiftyone:
         rank = ranks(s)
         rows = np.argsort(rank, kind="stable")[:fiftyone]             # most suspicious first
-        ids = manifest_ids(s.index[rows], ds.card_path.with_suffix(".parquet"))
+        ids = manifest_ids(s.index[rows], ds.card_path.with_suffix(".parquet"), ds.card["num_indices"])
         where = np.searchsorted(index, s.index[rows])                 # rows of `probs` (sorted index)
         records = [{"key": k, "shard": sh, "index": int(s.index[r]), "label": int(s.label[r]),
                     "clean_label": int(s.clean[r]), "score": float(s.score[r]), "rank": int(rank[r]),

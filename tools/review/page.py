@@ -11,7 +11,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline import loader as data, safe_io
+from pipeline import loader as data, manifest as manifests, safe_io
 from pipeline.records import find_images
 from pipeline.shards import DataError
 from tools.review.ranking import saved_config
@@ -117,11 +117,10 @@ def suspects(cols: dict, k: int) -> dict:
 
 def read_sources(manifest: Path, indices: np.ndarray) -> dict[int, str]:
     """{index: source path} from the manifest, batch by batch (it may hold millions of rows)."""
-    if not manifest.is_file() or "source" not in pq.read_schema(manifest).names:
+    if not manifest.is_file() or "source" not in manifests.column_names(manifest):
         return {}
     wanted, out = set(int(i) for i in indices), {}
-    f = pq.ParquetFile(manifest)
-    for batch in f.iter_batches(batch_size=65536, columns=["index", "source"]):
+    for batch in manifests.iter_batches(manifest, ["index", "source"]):
         idx = batch.column("index").to_numpy()
         hit = np.flatnonzero(np.isin(idx, indices))
         src = batch.column("source")

@@ -9,7 +9,7 @@ import pyarrow.parquet as pq
 import torch
 import torch.nn.functional as F
 
-from pipeline import safe_io
+from pipeline import manifest as manifests, safe_io
 from pipeline.shards import DataError
 
 SCHEMA = pa.schema([("key", pa.string()), ("index", pa.int64()), ("shard", pa.string()),
@@ -92,7 +92,7 @@ def write_scores(s: Scores, rank: np.ndarray, manifest: Path, out: Path, top_k: 
     wanted = rank <= top_k
     wanted[np.asarray(extra_rows, dtype=np.int64)] = True
     records, written, pending = {}, 0, []
-    cols = [c for c in ("key", "shard", "index", "source") if c in pq.read_schema(manifest).names]
+    cols = [c for c in ("key", "shard", "index", "source") if c in manifests.column_names(manifest)]
     with safe_io.temp_path(out) as tmp, pq.ParquetWriter(tmp, SCHEMA, use_dictionary=["shard"]) as writer:
         for chunk, sel, r in _joined(manifest, cols, row_of):
             pending.append(_table(chunk, sel, r, s, rank))
@@ -110,10 +110,9 @@ def write_scores(s: Scores, rank: np.ndarray, manifest: Path, out: Path, top_k: 
 
 
 def _joined(manifest: Path, cols: list, row_of: np.ndarray, rows: int = 8192):
-    """(manifest chunk, positions in it, scored rows), decoded page by page: make_shards
-    writes one row group per million samples, which read whole costs ~100 bytes a row."""
-    f = pq.ParquetFile(manifest, buffer_size=1 << 20, pre_buffer=False)
-    for chunk in f.iter_batches(batch_size=rows, columns=cols, use_threads=False):
+    """(manifest chunk, positions in it, scored rows), decoded page by page
+    (pipeline.manifest.iter_batches)."""
+    for chunk in manifests.iter_batches(manifest, cols, rows):
         idx = chunk.column("index").to_numpy()
         found = np.full(len(idx), -1, dtype=np.int64)
         inside = idx < len(row_of)

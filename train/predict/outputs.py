@@ -11,6 +11,7 @@ import pyarrow.parquet as pq
 
 from pipeline import safe_io
 from pipeline.csv_cells import FORMULA_START
+from pipeline.manifest import read as read_manifest
 from pipeline.shards import DataError
 from train.predict import evaluation
 from train.predict.infer import Predictions
@@ -34,16 +35,15 @@ def table(p: Predictions, classes: list[str], ids: dict[str, pa.Array]) -> pa.Ta
     return pa.table(cols)
 
 
-def shard_ids(p: Predictions, manifest: Path) -> dict[str, pa.Array]:
+def shard_ids(p: Predictions, manifest: Path, num_indices: int) -> dict[str, pa.Array]:
     """key and shard of each predicted sample, from the manifest beside the card (by index)."""
-    return manifest_ids(p.index, manifest)
+    return manifest_ids(p.index, manifest, num_indices)
 
 
-def manifest_ids(index: np.ndarray, manifest: Path) -> dict[str, pa.Array]:
-    """{"key", "shard"} of the samples at global `index`, in that order, from a manifest."""
-    if not manifest.is_file():
-        raise DataError(f"manifest not found: {manifest} (written beside the card by make_shards)")
-    m = pq.read_table(manifest, columns=["key", "index", "shard"])
+def manifest_ids(index: np.ndarray, manifest: Path, num_indices: int) -> dict[str, pa.Array]:
+    """{"key", "shard"} of the samples at global `index`, in that order, from a manifest whose
+    indices lie below the card's num_indices (the lookup below is that long)."""
+    m = read_manifest(manifest, ["key", "index", "shard"], num_indices)
     known = m.column("index").to_numpy()
     row_of = np.full(int(max(known.max(initial=-1), index.max(initial=-1))) + 1, -1, dtype=np.int64)
     row_of[known] = np.arange(len(known))

@@ -98,7 +98,7 @@ def predict(cfg, ckpt: Path, opts: Options, acc) -> dict | None:
     p = infer.merge(parts)
     if not len(p):
         raise DataError("no sample could be read: nothing to predict (see the skipped records above)")
-    ids = (outputs.shard_ids(p, card_path.with_suffix(".parquet")) if urls is not None
+    ids = (outputs.shard_ids(p, card_path.with_suffix(".parquet"), card["num_indices"]) if urls is not None
            else {"path": [str(paths[i]) for i in p.index]})
     out = safe_io.out_dir(opts.out)
     outputs.write_predictions(outputs.table(p, classes, ids), out)
