@@ -325,3 +325,16 @@ def test_oracle_review_reviews_as_many_samples_as_the_machine_changed(tmp_path):
     assert report == {"reviewed": 3, "wrong_among_reviewed": round(2 / 3, 4), "fixed": 2}
     assert fixes.read_text().splitlines()[1:] == ["4,0,relabel,4", "2,2,keep,", "0,1,relabel,0"]
     assert oracle_review_fixes(run)[1] == report              # a second call reads the report back
+
+
+@pytest.mark.parametrize("final, says", [
+    ({"best_val_acc_clean_est": 0.8442, "best_val_acc_clean_est_se": 0.045}, "clean accuracy estimated from it: 0.8442 +- 0.045"),
+    ({"best_val_acc_clean_est": 0.8442, "best_val_acc_clean_est_se": None}, "clean accuracy estimated from it: 0.8442"),
+    ({"best_val_acc_clean_est": None, "best_val_acc_clean_est_se": 4.3733}, "no clean-accuracy estimate: its standard error 4.37 is above 0.1"),
+    ({"best_val_acc_clean_est": None, "best_val_acc_clean_est_se": 0.05}, "no clean-accuracy estimate"),   # a near-singular T
+    ({"best_val_acc_clean_est": None, "best_val_acc_clean_est_se": None}, "no clean-accuracy estimate"),
+])
+def test_the_closing_line_says_why_there_is_no_estimate(final, says):
+    """The closing line printed "None +- 4.3733" when the standard error ruled the estimate out."""
+    from train.limit import estimate_words
+    assert estimate_words(final) == says

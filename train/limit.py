@@ -24,6 +24,7 @@ from pipeline.shards import DataError, Part, absolute_specs  # noqa: E402
 from train import checkpoint, config, init_phase, runfolder, setup  # noqa: E402
 from train.loop import Diverged, Run, fit, stop_on_interrupt  # noqa: E402
 from train.objectives import REGISTRY, make_objective  # noqa: E402
+from train.clean_estimate import MAX_SE  # noqa: E402
 from train.fano import run_summary  # noqa: E402
 from train.recipe import beta_mse  # noqa: E402
 from train.resolve import Resolved, resolve  # noqa: E402
@@ -120,9 +121,7 @@ def train(res: Resolved, acc, out: Path) -> int:
             final["label_fixes_applied"] = fixes_record(fixes)
         runfolder.write_atomic(out / "final.json", json.dumps(final, indent=1) + "\n")
         write_curves(out)                     # curves.png + summary.csv from metrics.jsonl
-        se = final.get("best_val_acc_clean_est_se")
-        acc.print(f"done: best val {final['best_val_acc']} at epoch {final['best_epoch']} (clean accuracy estimated "
-                  f"from it: {final['best_val_acc_clean_est']}{f' +- {se}' if se is not None else ''}), "
+        acc.print(f"done: best val {final['best_val_acc']} at epoch {final['best_epoch']} ({estimate_words(final)}), "
                   f"test {final['test_acc']}, last test {final['test_acc_last']}")
     acc.end_training()
     return 0
@@ -165,6 +164,16 @@ def resume_state(cfg, out: Path, acc, model, optimizer, ema) -> dict:
             with safe_io.open_append(out / "resumes.jsonl") as f:
                 f.write(json.dumps({"epoch": start, "changed": safe}) + "\n")
     return meta
+
+
+def estimate_words(final: dict) -> str:
+    """The clean-accuracy estimate at the best epoch for the closing line, or why there is none."""
+    est, se = final.get("best_val_acc_clean_est"), final.get("best_val_acc_clean_est_se")
+    if est is not None:
+        return f"clean accuracy estimated from it: {est}" + (f" +- {se}" if se is not None else "")
+    if se is not None and MAX_SE < se < math.inf:
+        return f"no clean-accuracy estimate: its standard error {se:.3g} is above {MAX_SE}"
+    return "no clean-accuracy estimate"
 
 
 def cli(argv=None) -> int:
