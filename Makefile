@@ -12,14 +12,15 @@ export HF_HUB_OFFLINE := 1
 # pip's own retries cover a refused connection; --resume-retries (pip >= 25.1, hence the upgrade)
 # continues a wheel cut off mid-download (CI once lost DALI's 199 MB wheel at 57 MB, six times
 # over); RETRY starts the whole command again when even that fails. Three tries, then the error.
-RETRY   := sh -c 'for try in 1 2 3; do "$$@" && exit 0; echo "make: $$* failed (try $$try of 3)" >&2; sleep 20; done; exit 1' retry
+RETRY   := sh -c 'for try in 1 2 3; do "$$@" && exit 0; echo "make: $$* failed (try $$try of 3)" >&2; [ $$try = 3 ] || sleep 20; done; exit 1' retry
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
-	$(RETRY) $(BIN)/pip install -q --retries 10 --upgrade pip
 
-# The stamp re-installs when pyproject.toml changes.
+# The stamp re-installs when pyproject.toml changes. pip is upgraded here, not with the venv, so
+# that an upgrade cut off by the network is tried again by the next make.
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(RETRY) $(BIN)/pip install -q --retries 10 --upgrade 'pip>=25.1'
 	$(RETRY) $(BIN)/pip install -q --retries 10 --resume-retries 50 -e '.[dev,dali]'
 	touch $@
 

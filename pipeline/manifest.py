@@ -15,17 +15,20 @@ from pipeline import safe_io, shardset
 from pipeline.shards import DataError
 
 MAX_MANIFEST = 64 << 30      # ~60 bytes a sample on disk: 10^6 samples are ~60 MB
+# pyarrow's own errors derive from OSError and ValueError, but also from NotImplementedError
+# (an unknown codec), TypeError and MemoryError: ArrowException covers them all
+ARROW_ERRORS = (OSError, ValueError, pa.ArrowException)
 
 
 def column_names(path: Path) -> list[str]:
     """The column names of a card's manifest (NAME.parquet beside it), or one line saying why
     it cannot be read: it may come with a stranger's card (a missing file, a FIFO, not Parquet)."""
-    if not Path(path).is_file():
+    if not Path(path).exists():
         raise DataError(f"manifest not found: {path} (make_shards writes it beside the card)")
-    safe_io.check_regular(path, MAX_MANIFEST, "manifest")
+    safe_io.check_regular(path, MAX_MANIFEST, "manifest")     # a FIFO, a device, a folder: one line
     try:
         return pq.read_schema(path).names
-    except (OSError, ValueError) as e:                  # pyarrow's errors derive from these
+    except ARROW_ERRORS as e:
         raise _unreadable(path, e) from None
 
 
@@ -36,10 +39,10 @@ def read(path: Path, columns: list[str], num_indices: int | None = None, n_class
     _require(path, columns)
     try:
         table = pq.read_table(path, columns=columns)
-    except (OSError, ValueError) as e:
+    except ARROW_ERRORS as e:
         raise _unreadable(path, e) from None
     check(table, path, num_indices, n_classes)
-    return table
+    return plain(table)
 
 
 def iter_batches(path: Path, columns: list[str], batch_size: int = 65536, num_indices: int | None = None):
@@ -51,10 +54,10 @@ def iter_batches(path: Path, columns: list[str], batch_size: int = 65536, num_in
         f = pq.ParquetFile(path, buffer_size=1 << 20, pre_buffer=False)
         for batch in f.iter_batches(batch_size=batch_size, columns=columns, use_threads=False):
             check(batch, path, num_indices)
-            yield batch
+            yield plain(batch)
     except DataError:
         raise
-    except (OSError, ValueError) as e:
+    except ARROW_ERRORS as e:
         raise _unreadable(path, e) from None
 
 
@@ -69,13 +72,28 @@ def _unreadable(path, e: Exception) -> DataError:
     return DataError(f"manifest {path}: not a readable Parquet file ({type(e).__name__})")
 
 
+def _text(t: pa.DataType) -> bool:
+    """A string column, or dictionary-encoded strings (pandas' categoricals write those)."""
+    if pa.types.is_dictionary(t):
+        t = t.value_type
+    return pa.types.is_string(t) or pa.types.is_large_string(t)
+
+
+def plain(t):
+    """The table or batch with dictionary-encoded columns decoded: the readers take plain
+    strings, as make_shards writes them."""
+    if not any(pa.types.is_dictionary(f.type) for f in t.schema):
+        return t
+    return t.cast(pa.schema([pa.field(f.name, f.type.value_type) if pa.types.is_dictionary(f.type) else f
+                             for f in t.schema]))
+
+
 def check(t, path, num_indices: int | None = None, n_classes: int | None = None) -> None:
     """A manifest table or record batch: each column of its kind (shardset.MANIFEST_SCHEMA), no
     empty cells, `index` in [0, num_indices) and `label` in [0, n_classes) where those are given."""
     for field in t.schema:
         want = shardset.MANIFEST_SCHEMA.field(field.name).type if field.name in shardset.MANIFEST_SCHEMA.names else None
-        ok = (want is None or (pa.types.is_integer(field.type) if pa.types.is_integer(want)
-                               else pa.types.is_string(field.type) or pa.types.is_large_string(field.type)))
+        ok = want is None or (pa.types.is_integer(field.type) if pa.types.is_integer(want) else _text(field.type))
         if not ok:
             raise DataError(f"manifest {path}: column {field.name!r} has the wrong type ({field.type})")
         if field.name != "source" and t.column(field.name).null_count:

@@ -36,14 +36,15 @@ def filesystem(url: str):
 
 
 def storage_errors() -> tuple:
-    """The storage libraries' failures that are not OSError, for the commands' one-line error:
-    s3fs passes on unchanged any error without an HTTP response (botocore's
+    """The storage libraries' failures that are not OSError, for the commands' one-line error
+    (beside OSError, which s3fs makes of an HTTP error: AccessDenied and a wrong key are
+    PermissionError): s3fs passes on unchanged any error without an HTTP response (botocore's
     EndpointConnectionError for an unreachable endpoint, NoCredentialsError), and gcsfs raises
     aiohttp's and google-auth's own. Imported only when an error is being handled, so a run
     without object storage never loads them."""
     found = []
     for module, name in (("botocore.exceptions", "BotoCoreError"), ("aiohttp", "ClientError"),
-                         ("google.auth.exceptions", "GoogleAuthError")):
+                         ("google.auth.exceptions", "GoogleAuthError"), ("gcsfs.retry", "HttpError")):
         try:
             found.append(getattr(__import__(module, fromlist=[name]), name))
         except (ImportError, AttributeError):

@@ -4,6 +4,7 @@ negative index never silently stands for another sample. Before, each case below
 traceback (ArrowInvalid, FileNotFoundError, IndexError, KeyError) or, for a negative index,
 a sample lost at random."""
 import json
+import os
 import shutil
 
 import pyarrow as pa
@@ -45,7 +46,8 @@ def retyped(column):
 CASES = {
     "not Parquet": (lambda p: p.write_bytes(b"PAR1 but not really"), "not a readable Parquet file"),
     "missing": (lambda p: p.unlink(), "manifest not found"),
-    "a folder": (lambda p: (p.unlink(), p.mkdir()), "manifest not found"),
+    "a folder": (lambda p: (p.unlink(), p.mkdir()), "not a regular file"),
+    "a FIFO": (lambda p: (p.unlink(), os.mkfifo(p)), "not a regular file"),
     "no label column": (lambda p: pq.write_table(pq.read_table(p).drop(["label"]), p), "no column 'label'"),
     "text index": (retyped("index"), "column 'index' has the wrong type"),
     "empty index": (cell("index", None), "column 'index' has 1 empty cells"),
@@ -102,3 +104,17 @@ def test_batches_are_checked_one_by_one(shards, tmp_path):
     with pytest.raises(DataError, match="index -5"):
         next(got)
     assert manifest.read(shards / "digits.parquet", ["index"], 220).num_rows == 220
+
+
+def test_dictionary_encoded_strings_are_a_manifest_s_strings(shards, tmp_path):
+    """pandas' categoricals write dictionary-encoded string columns; verify_shards takes them,
+    and so does everything that reads a manifest (decoded on the way in)."""
+    data = tmp_path / "shards"
+    shutil.copytree(shards, data)
+    t = pq.read_table(data / "digits.parquet")
+    for c in ("split", "shard", "key"):
+        t = t.set_column(t.schema.get_field_index(c), c, t.column(c).dictionary_encode())
+    pq.write_table(t, data / "digits.parquet")
+    assert pa.types.is_dictionary(pq.read_schema(data / "digits.parquet").field("split").type)
+    assert manifest.read(data / "digits.parquet", ["split", "key"], 220).schema.field("split").type == pa.string()
+    assert train_cli(train_argv(data, tmp_path / "run", "--max-train-samples", "50")) == 0

@@ -330,7 +330,8 @@ def test_oracle_review_reviews_as_many_samples_as_the_machine_changed(tmp_path):
 @pytest.mark.parametrize("final, says", [
     ({"best_val_acc_clean_est": 0.8442, "best_val_acc_clean_est_se": 0.045}, "clean accuracy estimated from it: 0.8442 +- 0.045"),
     ({"best_val_acc_clean_est": 0.8442, "best_val_acc_clean_est_se": None}, "clean accuracy estimated from it: 0.8442"),
-    ({"best_val_acc_clean_est": None, "best_val_acc_clean_est_se": 4.3733}, "no clean-accuracy estimate: its standard error 4.37 is above 0.1"),
+    ({"best_val_acc_clean_est": None, "best_val_acc_clean_est_se": 4.3733}, "no clean-accuracy estimate: its standard error 4.37 is too large (limit 0.1)"),
+    ({"best_val_acc_clean_est": None, "best_val_acc_clean_est_se": 0.1}, "no clean-accuracy estimate: its standard error 0.1 is too large (limit 0.1)"),
     ({"best_val_acc_clean_est": None, "best_val_acc_clean_est_se": 0.05}, "no clean-accuracy estimate"),   # a near-singular T
     ({"best_val_acc_clean_est": None, "best_val_acc_clean_est_se": None}, "no clean-accuracy estimate"),
 ])

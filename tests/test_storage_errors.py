@@ -1,6 +1,7 @@
 """A bucket that cannot be reached is one line and exit code 2, not a traceback: s3fs passes on
 botocore's errors that carry no HTTP response (EndpointConnectionError, NoCredentialsError)
-unchanged, and they are not OSError (pipeline.remote.storage_errors)."""
+unchanged, and they are not OSError (pipeline.remote.storage_errors); the HTTP errors it
+translates (AccessDenied, a wrong key) are PermissionError, an OSError."""
 import socket
 
 import pytest
@@ -48,8 +49,9 @@ def test_converting_into_an_unreachable_bucket(nowhere, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("prog", sorted(CLIS))
-@pytest.mark.parametrize("error", [EndpointConnectionError(endpoint_url="http://x"), NoCredentialsError()],
-                         ids=["endpoint", "credentials"])
+@pytest.mark.parametrize("error", [EndpointConnectionError(endpoint_url="http://x"), NoCredentialsError(),
+                                   PermissionError("Access Denied")],            # s3fs's AccessDenied, a wrong key
+                         ids=["endpoint", "credentials", "denied"])
 def test_every_command_that_reads_buckets_says_one_line(prog, error, monkeypatch, capsys):
     """Wherever the storage library fails inside a command (listing, a card, a shard mid-read),
     the command's own handler catches it. For make_shards, the failure comes from convert."""
