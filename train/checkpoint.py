@@ -101,9 +101,9 @@ def check_meta(meta) -> str | None:
     best = meta.get("best")
     if not (isinstance(best, dict) and _number(best.get("score")) and not math.isnan(best["score"])
             and all(best.get(k) is None or _number(best[k])
-                    for k in ("val_acc", "test_acc", "val_acc_clean_est", "val_acc_clean_est_se"))
+                    for k in ("val_acc", "test_acc", "val_acc_clean_est", "val_acc_clean_est_se", "switch_score"))
             and (best.get("epoch") is None or _count(best["epoch"]))):
-        return "'best' is not a record {score, val_acc, epoch, test_acc, val_acc_clean_est[_se]} of numbers"
+        return "'best' is not a record {score, val_acc, epoch, test_acc, val_acc_clean_est[_se], switch_score} of numbers"
     if problem := transition_problem(best.get("val_transition")):
         return f"'best' val_transition {problem}"
     if not isinstance(meta.get("in_epoch", False), bool):
