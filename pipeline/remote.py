@@ -36,13 +36,14 @@ def filesystem(url: str):
 
 
 def storage_errors() -> tuple:
-    """The storage libraries' failures that are not OSError, for the commands' one-line error
-    (beside OSError, which s3fs makes of an HTTP error: AccessDenied and a wrong key are
-    PermissionError): s3fs passes on unchanged any error without an HTTP response (botocore's
+    """What reading or writing data can raise besides DataError, for the commands' one-line
+    error: OSError (a local file, and what s3fs makes of an HTTP error: AccessDenied and a
+    wrong key are PermissionError), and the storage libraries' own failures that are not
+    OSError: s3fs passes on unchanged any error without an HTTP response (botocore's
     EndpointConnectionError for an unreachable endpoint, NoCredentialsError), and gcsfs raises
     aiohttp's and google-auth's own. Imported only when an error is being handled, so a run
     without object storage never loads them."""
-    found = []
+    found = [OSError]
     for module, name in (("botocore.exceptions", "BotoCoreError"), ("aiohttp", "ClientError"),
                          ("google.auth.exceptions", "GoogleAuthError"), ("gcsfs.retry", "HttpError")):
         try:

@@ -99,7 +99,7 @@ def main(argv=None) -> int:
     fix_mmap_threshold()
     try:
         card, stale = convert(args)
-    except (DataError, OSError, *remote.storage_errors()) as e:
+    except (DataError, *remote.storage_errors()) as e:
         print(f"make_shards: error: {e}", file=sys.stderr)
         return 2
     if card is None:

@@ -75,7 +75,7 @@ def main(argv=None) -> int:
 def cli(argv=None) -> int:
     try:
         return main(argv)
-    except (*USER_ERRORS, OSError, *remote.storage_errors()) as e:
+    except (*USER_ERRORS, *remote.storage_errors()) as e:
         print(f"predict: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -85,7 +85,7 @@ def main(argv=None) -> int:
 def cli(argv=None) -> int:
     try:
         return main(argv)
-    except (DataError, config.ConfigError, OSError, *remote.storage_errors()) as e:
+    except (DataError, config.ConfigError, *remote.storage_errors()) as e:
         print(f"review_labels: error: {e}", file=sys.stderr)
         return 2
 

@@ -171,7 +171,7 @@ def estimate_words(final: dict) -> str:
     est, se = final.get("best_val_acc_clean_est"), final.get("best_val_acc_clean_est_se")
     if est is not None:
         return f"clean accuracy estimated from it: {est}" + (f" +- {se}" if se is not None else "")
-    if se is not None and MAX_SE <= se < math.inf:     # stored rounded: 0.10004 reads 0.1
+    if se is not None and se >= MAX_SE:                # stored rounded: 0.10004 reads 0.1
         return f"no clean-accuracy estimate: its standard error {se:.3g} is too large (limit {MAX_SE})"
     return "no clean-accuracy estimate"
 
@@ -179,7 +179,7 @@ def estimate_words(final: dict) -> str:
 def cli(argv=None) -> int:
     try:
         return main(argv)
-    except (*USER_ERRORS, OSError, *remote.storage_errors()) as e:
+    except (*USER_ERRORS, *remote.storage_errors()) as e:
         print(f"limit: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
